@@ -1,0 +1,1 @@
+"""s2dc_jax.training."""
