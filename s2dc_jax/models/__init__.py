@@ -1,1 +1,5 @@
-"""s2dc_jax.models."""
+"""s2dc_jax.models: the Swin-3D encoder and SwinUNETR (flax linen, channels-last, MONAI names)."""
+from s2dc_jax.models.swin import SwinTransformer3D
+from s2dc_jax.models.unetr import SwinUNETR
+
+__all__ = ["SwinTransformer3D", "SwinUNETR"]

@@ -1,0 +1,448 @@
+"""Swin-3D encoder in flax linen, numerically equivalent to MONAI's `SwinTransformer`.
+
+Channels-last throughout: an input `f32[B, X, Y, Z, C]` is MONAI's `f32[B, C, X, Y, Z]`
+with the channel axis moved last; spatial axes keep MONAI's order. Module and
+parameter names mirror MONAI's (`patch_embed`, `layers1`, `blocks_0`, `attn.qkv`,
+`relative_position_bias_table`, `layers1c` for v2) so that weight conversion is a
+table (`s2dc_jax.interop`). MONAI quirks reproduced on purpose, because the point is
+exact parity with weights trained there:
+
+- padded tokens (zeros after `norm1`) take part in attention; only the shifted
+  regions are masked, with -100 rather than -inf;
+- a window larger than the feature map shrinks to the map (and stops shifting on
+  that axis), and its relative-position index is the top-left `[:n, :n]` block of
+  the full window's index, not a re-derived one.
+"""
+from __future__ import annotations
+
+import functools
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+Dtype = Any
+
+_LN_EPS = 1e-5  # torch.nn.LayerNorm / InstanceNorm default (flax's default is 1e-6)
+_MASK_VALUE = -100.0  # MONAI's value for cross-region attention logits
+MERGING_MODES = ("merging", "mergingv2")
+
+
+def _triple(v: int | Sequence[int], field: str) -> tuple[int, int, int]:
+    """An int or 3 ints as a 3-tuple of positive ints; ValueError naming the field otherwise."""
+    t = (int(v),) * 3 if np.isscalar(v) else tuple(int(i) for i in v)
+    if len(t) != 3 or min(t) < 1:
+        raise ValueError(f"{field} must be a positive int or 3 positive ints, got {v!r}")
+    return t
+
+
+def effective_window(size: Sequence[int], window: Sequence[int], shift: Sequence[int]):
+    """MONAI's `get_window_size`: an axis no larger than the window uses its size and no shift."""
+    win, sh = list(window), list(shift)
+    for i, s in enumerate(size):
+        if s <= window[i]:
+            win[i], sh[i] = s, 0
+    return tuple(win), tuple(sh)
+
+
+@functools.lru_cache(maxsize=64)
+def relative_position_index(window: tuple[int, ...]) -> np.ndarray:
+    """int[N, N] index into the relative-position bias table of a window (N = prod(window))."""
+    coords = np.stack(np.meshgrid(*[np.arange(w) for w in window], indexing="ij")).reshape(len(window), -1)
+    rel = (coords[:, :, None] - coords[:, None, :]).transpose(1, 2, 0)  # [N, N, 3]
+    rel = rel + (np.asarray(window) - 1)
+    # mixed-radix with radices (2w - 1), the last axis fastest
+    radix = np.cumprod([1] + [2 * w - 1 for w in window[:0:-1]])[::-1]
+    return (rel * radix).sum(-1).astype(np.int32)
+
+
+def _partition(x: jax.Array, window: Sequence[int]) -> jax.Array:
+    """f32[B, D, H, W, C] -> f32[B, nW, N, C], windows in MONAI's (d, h, w) raster order."""
+    b, d, h, w, c = x.shape
+    a0, a1, a2 = window
+    x = x.reshape(b, d // a0, a0, h // a1, a1, w // a2, a2, c)
+    x = x.transpose(0, 1, 3, 5, 2, 4, 6, 7)
+    return x.reshape(b, -1, a0 * a1 * a2, c)
+
+
+def _reverse(x: jax.Array, window: Sequence[int], dims: Sequence[int]) -> jax.Array:
+    """Inverse of `_partition`: f32[B, nW, N, C] -> f32[B, D, H, W, C]."""
+    b, _, _, c = x.shape
+    d, h, w = dims
+    a0, a1, a2 = window
+    x = x.reshape(b, d // a0, h // a1, w // a2, a0, a1, a2, c)
+    x = x.transpose(0, 1, 4, 2, 5, 3, 6, 7)
+    return x.reshape(b, d, h, w, c)
+
+
+@functools.lru_cache(maxsize=64)
+def shift_mask(dims: tuple[int, int, int], window: tuple[int, int, int], shift: tuple[int, int, int]) -> np.ndarray:
+    """f32[nW, N, N] additive mask of shifted windows over a padded map (MONAI `compute_mask`)."""
+
+    def regions(size, win, sh):
+        ids = np.zeros(size, np.int32)
+        if sh > 0:  # a zero shift leaves the whole axis one region
+            ids[size - win : size - sh] = 1
+            ids[size - sh :] = 2
+        return ids
+
+    rd, rh, rw = (regions(*a) for a in zip(dims, window, shift))
+    img = (rd[:, None, None] * 9 + rh[None, :, None] * 3 + rw[None, None, :]).astype(np.float32)
+    win = np.asarray(_partition(img[None, ..., None], window))[0, ..., 0]  # [nW, N]
+    return np.where(win[:, None, :] != win[:, :, None], _MASK_VALUE, 0.0).astype(np.float32)
+
+
+def _window_attention_core(q, k, v, bias, mask):
+    """softmax(q k^T + bias + mask) v over windows: q, k, v [B, w, H, N, d]; bias [H, N, N]; mask [w, N, N]."""
+    logits = jnp.einsum("bwhnd,bwhmd->bwhnm", q, k) + bias.astype(q.dtype)
+    if mask is not None:
+        logits = logits + mask[None, :, None].astype(q.dtype)
+    # softmax in fp32 even for bf16 compute: it is the numerically fragile part
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+    return jnp.einsum("bwhnm,bwhmd->bwhnd", probs, v)
+
+
+def _chunked_attention(q, k, v, bias, mask, chunk: int):
+    """`_window_attention_core` over chunks of `chunk` windows (lax.map), each chunk rematerialised.
+
+    The full attention tensor of a paper-size stage-1 step is several GB; chunking the window
+    axis bounds the live part to one chunk in the forward pass and, through `jax.checkpoint`,
+    in the backward pass too.
+    """
+    b, nw, h, n, d = q.shape
+    nc = -(-nw // chunk)
+    pad = nc * chunk - nw
+    if pad:
+        padw = [(0, 0), (0, pad), (0, 0), (0, 0), (0, 0)]
+        q, k, v = (jnp.pad(t, padw) for t in (q, k, v))
+        if mask is not None:
+            mask = jnp.pad(mask, [(0, pad), (0, 0), (0, 0)])
+
+    def to_chunks(t):  # [B, nc*chunk, ...] -> [nc, B, chunk, ...]
+        return jnp.moveaxis(t.reshape(b, nc, chunk, *t.shape[2:]), 1, 0)
+
+    xs = (to_chunks(q), to_chunks(k), to_chunks(v))
+    if mask is not None:
+        xs = xs + (mask.reshape(nc, chunk, n, n),)
+        body = lambda a: _window_attention_core(a[0], a[1], a[2], bias, a[3])  # noqa: E731
+    else:
+        body = lambda a: _window_attention_core(a[0], a[1], a[2], bias, None)  # noqa: E731
+    out = jax.lax.map(jax.checkpoint(body), xs)  # [nc, B, chunk, H, N, d]
+    out = jnp.moveaxis(out, 0, 1).reshape(b, nc * chunk, h, n, d)
+    return out[:, :nw]
+
+
+def _dense(features: int, name: str, dtype: Dtype, use_bias: bool = True) -> nn.Dense:
+    # MONAI initialises every Linear of the Swin with trunc_normal(std=0.02) and zero bias
+    return nn.Dense(
+        features,
+        use_bias=use_bias,
+        dtype=dtype,
+        kernel_init=nn.initializers.truncated_normal(0.02),
+        name=name,
+    )
+
+
+def _layer_norm(name: str, dtype: Dtype) -> nn.LayerNorm:
+    return nn.LayerNorm(epsilon=_LN_EPS, use_fast_variance=False, dtype=dtype, name=name)
+
+
+def layer_norm_no_affine(x: jax.Array) -> jax.Array:
+    """LayerNorm over the last axis without scale/bias (MONAI `proj_out(normalize=True)`)."""
+    x32 = x.astype(jnp.float32)
+    mean = x32.mean(-1, keepdims=True)
+    var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+    return ((x32 - mean) * jax.lax.rsqrt(var + _LN_EPS)).astype(x.dtype)
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention inside windows with a learned relative-position bias."""
+
+    dim: int
+    num_heads: int
+    window_size: tuple[int, int, int]
+    qkv_bias: bool = True
+    attn_chunk: int | None = None
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, window: tuple[int, ...], mask: np.ndarray | None) -> jax.Array:
+        # x: f32[B, nW, N, C] windows; window: the effective window (N = prod(window))
+        b, nw, n, c = x.shape
+        hd = c // self.num_heads
+        table_rows = int(np.prod([2 * w - 1 for w in self.window_size]))
+        table = self.param(
+            "relative_position_bias_table",
+            nn.initializers.truncated_normal(0.02),
+            (table_rows, self.num_heads),
+            jnp.float32,
+        )
+        idx = relative_position_index(tuple(self.window_size))[:n, :n]
+        bias = table[idx.reshape(-1)].reshape(n, n, self.num_heads).transpose(2, 0, 1)  # [H, N, N]
+
+        qkv = _dense(3 * c, "qkv", self.dtype, self.qkv_bias)(x)
+        qkv = qkv.reshape(b, nw, n, 3, self.num_heads, hd).transpose(3, 0, 1, 4, 2, 5)  # [3, B, nW, H, N, d]
+        q, k, v = qkv[0] * (hd**-0.5), qkv[1], qkv[2]
+        mask_j = None if mask is None else jnp.asarray(mask)
+        if self.attn_chunk and self.attn_chunk < nw:
+            out = _chunked_attention(q, k, v, bias, mask_j, int(self.attn_chunk))
+        else:
+            out = _window_attention_core(q, k, v, bias, mask_j)
+        out = out.transpose(0, 1, 3, 2, 4).reshape(b, nw, n, c)  # heads back into channels
+        return _dense(c, "proj", self.dtype)(out)
+
+
+class Mlp(nn.Module):
+    """Linear -> exact GELU -> Linear (MONAI `MLPBlock`)."""
+
+    hidden: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = x.shape[-1]
+        x = _dense(self.hidden, "linear1", self.dtype)(x)
+        x = jax.nn.gelu(x, approximate=False)
+        return _dense(c, "linear2", self.dtype)(x)
+
+
+class SwinTransformerBlock(nn.Module):
+    """One (shifted) window attention block with its MLP, pre-norm residual."""
+
+    dim: int
+    num_heads: int
+    window_size: tuple[int, int, int]
+    shift_size: tuple[int, int, int]
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    attn_chunk: int | None = None
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        # x: f32[B, D, H, W, C]
+        b, d, h, w, c = x.shape
+        window, shift = effective_window((d, h, w), self.window_size, self.shift_size)
+        shortcut = x
+        x = _layer_norm("norm1", self.dtype)(x)
+        pads = [(-s) % win for s, win in zip((d, h, w), window)]
+        if any(pads):
+            x = jnp.pad(x, [(0, 0), (0, pads[0]), (0, pads[1]), (0, pads[2]), (0, 0)])
+        dims = (d + pads[0], h + pads[1], w + pads[2])
+        shifted = any(s > 0 for s in shift)
+        if shifted:
+            x = jnp.roll(x, shift=tuple(-s for s in shift), axis=(1, 2, 3))
+            mask = shift_mask(dims, window, shift)
+        else:
+            mask = None
+        attn = WindowAttention(
+            self.dim, self.num_heads, self.window_size, self.qkv_bias, self.attn_chunk, self.dtype, name="attn"
+        )
+        x = _reverse(attn(_partition(x, window), window, mask), window, dims)
+        if shifted:
+            x = jnp.roll(x, shift=shift, axis=(1, 2, 3))
+        x = x[:, :d, :h, :w]
+        x = shortcut + x.astype(shortcut.dtype)
+        y = _layer_norm("norm2", self.dtype)(x)
+        y = Mlp(int(self.dim * self.mlp_ratio), self.dtype, name="mlp")(y)
+        return x + y.astype(x.dtype)
+
+
+class PatchMerging(nn.Module):
+    """2x2x2 neighbourhood concat -> LayerNorm(8C) -> Linear(8C, 2C); odd sizes padded first."""
+
+    mode: str = "merging"  # "merging" (MONAI v0.9 order) or "mergingv2" (itertools order)
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        # x: f32[B, D, H, W, C] -> f32[B, ceil(D/2), ceil(H/2), ceil(W/2), 2C]
+        b, d, h, w, c = x.shape
+        if d % 2 or h % 2 or w % 2:
+            x = jnp.pad(x, [(0, 0), (0, d % 2), (0, h % 2), (0, w % 2), (0, 0)])
+        if self.mode == "merging":
+            offsets = [(0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 0), (1, 0, 1), (0, 1, 1), (1, 1, 1)]
+        elif self.mode == "mergingv2":
+            offsets = list(itertools.product(range(2), range(2), range(2)))
+        else:
+            raise ValueError(f"downsample must be one of {MERGING_MODES}, got {self.mode!r}")
+        x = jnp.concatenate([x[:, i::2, j::2, k::2, :] for i, j, k in offsets], axis=-1)
+        x = _layer_norm("norm", self.dtype)(x)
+        return _dense(2 * c, "reduction", self.dtype, use_bias=False)(x)
+
+
+class BasicLayer(nn.Module):
+    """One Swin stage: `depth` blocks alternating plain and shifted windows, then patch merging."""
+
+    dim: int
+    depth: int
+    num_heads: int
+    window_size: tuple[int, int, int]
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    downsample: str = "merging"
+    remat: bool = False
+    attn_chunk: int | None = None
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        # x: f32[B, D, H, W, C] -> f32[B, D/2, H/2, W/2, 2C]
+        block_cls = nn.remat(SwinTransformerBlock) if self.remat else SwinTransformerBlock
+        shift = tuple(w // 2 for w in self.window_size)
+        for i in range(self.depth):
+            x = block_cls(
+                dim=self.dim,
+                num_heads=self.num_heads,
+                window_size=self.window_size,
+                shift_size=(0, 0, 0) if i % 2 == 0 else shift,
+                mlp_ratio=self.mlp_ratio,
+                qkv_bias=self.qkv_bias,
+                attn_chunk=self.attn_chunk,
+                dtype=self.dtype,
+                name=f"blocks_{i}",
+            )(x)
+        return PatchMerging(self.downsample, self.dtype, name="downsample")(x)
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patch convolution; sizes not a multiple of the patch are zero-padded."""
+
+    patch_size: tuple[int, int, int]
+    embed_dim: int
+    patch_norm: bool = False
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        # x: f32[B, X, Y, Z, Cin] -> f32[B, X/p, Y/p, Z/p, embed_dim]
+        pads = [(-s) % p for s, p in zip(x.shape[1:4], self.patch_size)]
+        if any(pads):
+            x = jnp.pad(x, [(0, 0)] + [(0, p) for p in pads] + [(0, 0)])
+        x = nn.Conv(
+            self.embed_dim, self.patch_size, strides=self.patch_size, padding="VALID", dtype=self.dtype, name="proj"
+        )(x)
+        if self.patch_norm:
+            x = _layer_norm("norm", self.dtype)(x)
+        return x
+
+
+def instance_norm(x: jax.Array) -> jax.Array:
+    """InstanceNorm without affine over the spatial axes of f32[B, X, Y, Z, C] (torch defaults)."""
+    x32 = x.astype(jnp.float32)
+    mean = x32.mean(axis=(1, 2, 3), keepdims=True)
+    var = jnp.square(x32 - mean).mean(axis=(1, 2, 3), keepdims=True)
+    return ((x32 - mean) * jax.lax.rsqrt(var + _LN_EPS)).astype(x.dtype)
+
+
+def _leaky_relu(x):
+    return jax.nn.leaky_relu(x, negative_slope=0.01)
+
+
+class UnetResBlock(nn.Module):
+    """conv3-IN-lrelu-conv3-IN + (1x1x1 conv-IN when channels change) -> lrelu (MONAI `UnetResBlock`)."""
+
+    out_channels: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        # x: f32[B, X, Y, Z, Cin] -> f32[B, X, Y, Z, out_channels]
+        conv = functools.partial(nn.Conv, self.out_channels, use_bias=False, dtype=self.dtype)
+        y = _leaky_relu(instance_norm(conv((3, 3, 3), padding=1, name="conv1")(x)))
+        y = instance_norm(conv((3, 3, 3), padding=1, name="conv2")(y))
+        if x.shape[-1] != self.out_channels:
+            x = instance_norm(conv((1, 1, 1), name="conv3")(x))
+        return _leaky_relu(y + x.astype(y.dtype))
+
+
+class UnetrBasicBlock(nn.Module):
+    """MONAI `UnetrBasicBlock(res_block=True, stride=1, kernel 3)`: a `UnetResBlock` named `layer`."""
+
+    out_channels: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return UnetResBlock(self.out_channels, self.dtype, name="layer")(x)
+
+
+class SwinTransformer3D(nn.Module):
+    """MONAI `SwinTransformer` (3D) channels-last; returns the 5 stage outputs, LayerNorm'd when `normalize`."""
+
+    in_channels: int = 1
+    feature_size: int = 48
+    depths: Sequence[int] = (2, 2, 2, 2)
+    num_heads: Sequence[int] = (3, 6, 12, 24)
+    window_size: int | Sequence[int] = 7
+    patch_size: int | Sequence[int] = 2
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    drop_rate: float = 0.0
+    attn_drop_rate: float = 0.0
+    dropout_path_rate: float = 0.0
+    patch_norm: bool = False
+    downsample: str = "merging"
+    use_v2: bool = False
+    spatial_dims: int = 3
+    remat: bool = False
+    attn_chunk: int | None = None
+    dtype: Dtype = jnp.float32
+
+    def _check(self):
+        if self.spatial_dims != 3:
+            raise ValueError(f"spatial_dims must be 3 (only 3D is implemented), got {self.spatial_dims!r}")
+        if len(self.depths) != 4 or len(self.num_heads) != 4:
+            raise ValueError(
+                f"depths and num_heads must have 4 entries (MONAI's 4 stages), got {self.depths!r}, {self.num_heads!r}"
+            )
+        for i, (dep, nh) in enumerate(zip(self.depths, self.num_heads)):
+            dim = self.feature_size * 2**i
+            if dep < 1 or nh < 1 or dim % nh:
+                raise ValueError(
+                    f"stage {i + 1}: depths[{i}]={dep} must be >= 1 and num_heads[{i}]={nh} must divide "
+                    f"feature_size * 2**{i} = {dim}"
+                )
+        if self.downsample not in MERGING_MODES:
+            raise ValueError(f"downsample must be one of {MERGING_MODES}, got {self.downsample!r}")
+        for f in ("drop_rate", "attn_drop_rate", "dropout_path_rate"):
+            if getattr(self, f) != 0.0:
+                raise ValueError(f"{f} must be 0.0: dropout and stochastic depth are not implemented")
+        if self.attn_chunk is not None and int(self.attn_chunk) < 1:
+            raise ValueError(f"attn_chunk must be None or a positive int, got {self.attn_chunk!r}")
+
+    @nn.compact
+    def __call__(self, x: jax.Array, normalize: bool = True) -> list[jax.Array]:
+        # x: f32[B, X, Y, Z, in_channels] -> 5 x f32[B, X/2^(s+1), ..., feature_size * 2^s], s = 0..4
+        self._check()
+        if x.ndim != 5 or x.shape[-1] != self.in_channels:
+            raise ValueError(f"input must be f32[B, X, Y, Z, {self.in_channels}] (channels last), got {x.shape}")
+        window = _triple(self.window_size, "window_size")
+        patch = _triple(self.patch_size, "patch_size")
+        x = x.astype(self.dtype)
+        proj = (lambda t: layer_norm_no_affine(t)) if normalize else (lambda t: t)  # noqa: E731
+        h = PatchEmbed(patch, self.feature_size, self.patch_norm, self.dtype, name="patch_embed")(x)
+        outs = [proj(h)]
+        for i in range(4):
+            dim = self.feature_size * 2**i
+            if self.use_v2:
+                h = UnetrBasicBlock(dim, self.dtype, name=f"layers{i + 1}c")(h)
+            h = BasicLayer(
+                dim=dim,
+                depth=int(self.depths[i]),
+                num_heads=int(self.num_heads[i]),
+                window_size=window,
+                mlp_ratio=self.mlp_ratio,
+                qkv_bias=self.qkv_bias,
+                downsample=self.downsample,
+                remat=self.remat,
+                attn_chunk=self.attn_chunk,
+                dtype=self.dtype,
+                name=f"layers{i + 1}",
+            )(h)
+            outs.append(proj(h))
+        return [o.astype(jnp.float32) for o in outs]
