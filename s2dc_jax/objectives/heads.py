@@ -57,8 +57,8 @@ class ProjectionHead(nn.Module):
 
 def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
     """``x / max(|x|, eps)`` along the last axis (torch.nn.functional.normalize)."""
-    norm = jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True))
-    return x / jnp.maximum(norm, eps)
+    # Clamp the squared norm, not the norm: sqrt'(0) is inf and a blank ROI gives x == 0.
+    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
 
 
 def _head(ssl_cfg) -> ProjectionHead:
