@@ -175,6 +175,11 @@ class PretrainDataset(grain.IterDataset):
         super().__init__(parent)
         self._paths, self._cfg, self._batch_size = paths, cfg, batch_size
 
+    @property
+    def paths(self) -> list[str]:
+        """Image paths of this host's shard, in datalist order."""
+        return list(self._paths)
+
     def __iter__(self):
         return _GuardIterator(self._parent.__iter__(), self._paths,
                               self._cfg.max_bad_fraction, self._cfg.bad_min_seen, self._batch_size)
