@@ -187,7 +187,8 @@ def pretrain_volume(raw: np.ndarray, rng: np.random.Generator, *, modality: str,
         raise DataError(path, f"shortest side {min(raw.shape)} of shape {raw.shape} is under "
                               f"min_side={min_side}")
     if not all_finite(raw):
-        raise DataError(path, "NaN/inf voxels")
+        bad = sum(int(np.count_nonzero(~np.isfinite(raw[i]))) for i in range(raw.shape[0]))
+        raise DataError(path, f"{bad} NaN/inf voxels")
     box = tuple(slice(0, n) for n in raw.shape)
     if p.foreground is not None:
         thr, flip = raw_threshold(p.foreground, slope, inter)
