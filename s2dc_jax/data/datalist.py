@@ -10,6 +10,7 @@ import dataclasses
 import gzip
 import hashlib
 import json
+import multiprocessing
 import os
 import shutil
 
@@ -118,7 +119,9 @@ def _inspect(args):
 
 def _map(fn, items, workers):
     if workers > 1 and len(items) > 1:
-        with concurrent.futures.ProcessPoolExecutor(workers) as ex:
+        # spawn, not fork: forking a process that has started JAX's threads can deadlock.
+        ctx = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as ex:
             return list(ex.map(fn, items, chunksize=4))
     return [fn(i) for i in items]
 
