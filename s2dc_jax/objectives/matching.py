@@ -46,9 +46,12 @@ def sinkhorn_log(scores: jax.Array, bin_score: float | jax.Array, iters: int,
         v = log_nu - jax.nn.logsumexp(couplings + u[..., :, None], axis=-2)
         return (u, v), None
 
-    u0 = jnp.zeros((*lead, m + 1), dtype)
-    v0 = jnp.zeros((*lead, n + 1), dtype)
-    (u, v), _ = jax.lax.scan(body, (u0, v0), None, length=iters)
+    # The first update (from v = 0) is done outside the scan so the carry derives from the
+    # scores: inside shard_map it then has the scores' varying type, as the body's output.
+    u = log_mu - jax.nn.logsumexp(couplings, axis=-1)
+    v = log_nu - jax.nn.logsumexp(couplings + u[..., :, None], axis=-2)
+    if iters > 1:
+        (u, v), _ = jax.lax.scan(body, (u, v), None, length=iters - 1)
     return couplings + u[..., :, None] + v[..., None, :] - norm
 
 
@@ -133,3 +136,10 @@ def info_nce(query: jax.Array, positive: jax.Array, negatives: jax.Array,
     hit = (jnp.argmax(logits, axis=-1) == 0).astype(query.dtype)
     return loss, hit
 
+
+
+def correspondence_hits(plan: jax.Array, gt: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(hits, pairs)``: gt pairs whose src token's argmax over ``plan [..., m, n]`` is its partner, and all gt pairs."""
+    best = jax.nn.one_hot(jnp.argmax(plan, axis=-1), plan.shape[-1], dtype=plan.dtype)
+    pos = (gt > 0.5).astype(plan.dtype)
+    return jnp.sum(best * pos), jnp.sum(pos)

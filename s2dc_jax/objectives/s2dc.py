@@ -139,8 +139,7 @@ def s2dc_loss(params: dict, teacher: dict, encode: Callable, batch: dict, queue:
     p2s = jnp.mean(matching.sharpe_loss(cos, gt, detach_weights=getattr(ssl_cfg, "sharpe_detach", True)))
 
     # Correspondence accuracy: a gt pair is right when its src token's best match is its partner.
-    best = jax.nn.one_hot(jnp.argmax(plan, axis=-1), plan.shape[-1], dtype=jnp.float32)
-    hits, pairs = jnp.sum(best * gt), jnp.sum(gt)
+    hits, pairs = matching.correspondence_hits(plan, gt)
 
     # ---- global loss: student src[j] vs teacher aug_crop[j], negatives from all volumes + queue
     s_glob = heads.global_head(params["heads"], _pool_tokens(s_feat), ssl_cfg, axis_name)     # [b*n, D]
