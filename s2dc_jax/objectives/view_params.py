@@ -5,7 +5,9 @@ row is ``(angle, scale, tx, ty)`` and is the *forward* in-plane transform of con
 A feature at in-plane position ``p`` (voxels, x then y) of the source appears in the
 view at ``scale * R(angle) @ (p - c) + c + (tx, ty)``, where ``c`` is the centre of the
 warped region (the large ROI for ``full_*``, the crop for ``crop_*``) and ``R`` the
-counter-clockwise rotation in the (x, y) plane. z is untouched. REFERENCE.md section 1.
+counter-clockwise rotation in the (x, y) plane. z is untouched, except that with
+``ssl.correspondence = '3d'`` the full-ROI warp also zooms z by ``scale`` about its centre
+(views.warp_volume(scale_z=True)), as the reference's image warp does. REFERENCE.md section 1.
 """
 from __future__ import annotations
 
