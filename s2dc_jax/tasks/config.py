@@ -53,6 +53,7 @@ def base_config(task: str) -> ml_collections.ConfigDict:
   c.data.b_min, c.data.b_max = 0.0, 1.0
   c.data.target_intensity = "minmax"           # translation / reconstruction targets
   c.data.roi = (96, 96, 96)                    # training crop, inference window
+  c.data.label_map = ()                        # ((from, to), ...) applied to label maps, e.g. BraTS 4 -> 3
   c.data.pos_ratio = 0.5                       # fraction of crops centred on foreground
   c.data.flip_prob = 0.1                       # per-axis random flip of training crops
   c.data.num_folds = 0                         # > 0: k-fold split of the training list

@@ -131,6 +131,10 @@ def load_case(entry: dict, config) -> Case:
     if lab.shape != meta["raw_shape"]:
       raise DataError(entry[key], f"label shape {lab.shape} != image shape {meta['raw_shape']}")
     target = resize(np.rint(lab).astype(np.int32), shape, order=0)
+    if d.label_map:
+      src = target.copy()
+      for a, b in d.label_map:
+        target[src == int(a)] = int(b)
     if target.max() >= config.model.out_channels or target.min() < 0:
       raise DataError(entry[key], f"labels {sorted(np.unique(target))[:10]} outside [0, model.out_channels="
                                       f"{config.model.out_channels})")
