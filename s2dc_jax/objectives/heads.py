@@ -50,7 +50,9 @@ class ProjectionHead(nn.Module):
                  stats_mask: jax.Array | None = None) -> jax.Array:
         # f32[..., F] -> f32[..., out]
         for i in range(2):
-            x = nn.Dense(self.hidden, name=f"layer{i + 1}")(x)
+            # No bias: the mean-subtracting BatchNorm after it cancels any bias exactly, and
+            # a parameter with a zero gradient only lets Adam amplify rounding noise.
+            x = nn.Dense(self.hidden, use_bias=False, name=f"layer{i + 1}")(x)
             x = nn.relu(batch_norm(x, bn_axes, axis_name, stats_mask))
         return nn.Dense(self.out, name="layer3")(x)
 

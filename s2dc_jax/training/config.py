@@ -1,0 +1,128 @@
+"""The pretraining config: one ConfigDict shared by every preset, and its validation.
+
+Presets in ``configs/`` start from :func:`pretrain_config` and change what REFERENCE.md
+says differs per dataset; :func:`shrink` makes any preset small enough for a smoke run.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from s2dc_jax import data as data_lib
+from s2dc_jax import objectives
+
+
+def pretrain_config() -> ml_collections.ConfigDict:
+    """REFERENCE.md sections 2-4 defaults (paper size, one volume of 16 crops per device)."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.total_steps = 100_000
+    c.batch_size = 1            # global volumes per step; must be a multiple of the device count
+    c.log_every = 10
+    c.checkpoint_every = 1000
+    c.keep_checkpoints = 3
+    c.max_skipped_steps = 20    # consecutive non-finite steps before the run stops
+
+    c.model = ml_collections.ConfigDict()
+    c.model.in_channels = 1
+    c.model.feature_size = 48
+    c.model.depths = (2, 2, 2, 2)
+    c.model.num_heads = (3, 6, 12, 24)
+    c.model.window_size = 7
+    c.model.patch_size = 2
+    c.model.use_v2 = True
+    c.model.remat = False
+    c.model.dtype = "float32"   # compute dtype: 'float32' | 'bfloat16' (params stay float32)
+
+    c.data = data_lib.default_data_config()
+    # > 0: write this many synthetic phantoms into WORKDIR/phantoms and train on them when
+    # data.datalist is empty (the demo, smoke runs).
+    c.data.phantoms = 0
+    c.data.phantom_shape = (96, 96, 48)
+    c.ssl = objectives.default_ssl_config()
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.lr = 3e-4
+    c.optim.weight_decay = 0.1
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.warmup_steps = 500
+    c.optim.grad_clip = 0.0     # global-norm clip; 0 disables (the reference does not clip)
+    return c
+
+
+def shrink(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The ``:tiny`` variant of any preset: a small Swin on a small ROI, a few steps."""
+    c.total_steps = 4
+    c.log_every = 1
+    c.checkpoint_every = 2
+    c.model.feature_size = 12
+    c.model.depths = (1, 1, 1, 1)
+    c.model.num_heads = (1, 1, 2, 2)
+    c.data.roi_large = (64, 64, 32)
+    c.data.crop_size = 32
+    c.data.workers = 0
+    c.data.phantoms = 4
+    c.data.phantom_shape = (64, 64, 32)
+    c.ssl.head_hidden = 64
+    c.ssl.head_dim = 32
+    c.ssl.sinkhorn_iters = min(c.ssl.sinkhorn_iters, 20)
+    c.ssl.queue_size = 8
+    c.optim.warmup_steps = 1
+    return c
+
+
+_MODEL_DTYPES = ("float32", "bfloat16")
+
+
+def validate(c: ml_collections.ConfigDict, device_count: int) -> None:
+    """Raise ValueError naming the first config field that cannot work."""
+
+    def need(ok, field, msg):
+        if not ok:
+            raise ValueError(f"config.{field}: {msg}")
+
+    need(c.total_steps > 0, "total_steps", f"must be > 0, got {c.total_steps}")
+    need(c.batch_size > 0 and c.batch_size % device_count == 0, "batch_size",
+         f"must be a positive multiple of the device count {device_count}, got {c.batch_size}")
+    need(c.log_every > 0, "log_every", f"must be > 0, got {c.log_every}")
+    need(c.checkpoint_every > 0, "checkpoint_every", f"must be > 0, got {c.checkpoint_every}")
+    need(c.keep_checkpoints > 0, "keep_checkpoints", f"must be > 0, got {c.keep_checkpoints}")
+    need(c.model.dtype in _MODEL_DTYPES, "model.dtype", f"must be one of {_MODEL_DTYPES}, got {c.model.dtype!r}")
+    need(len(c.model.depths) == len(c.model.num_heads) == 4, "model.depths",
+         f"depths and num_heads need 4 stages, got {c.model.depths} and {c.model.num_heads}")
+    for h in c.model.num_heads:
+        need(c.model.feature_size % h == 0, "model.feature_size",
+             f"{c.model.feature_size} is not divisible by every stage's heads {c.model.num_heads}")
+    # The encoder downsamples by patch_size * 2**4 (stem + 4 mergings): one token per 32 voxels.
+    stride = c.model.patch_size * 16
+    need(c.data.crop_size % stride == 0, "data.crop_size",
+         f"must be a multiple of {stride} (the encoder's total stride), got {c.data.crop_size}")
+    x, y, z = c.data.roi_large
+    need(x % c.data.crop_size == 0 and y % c.data.crop_size == 0, "data.roi_large",
+         f"in-plane size {(x, y)} must be a multiple of data.crop_size {c.data.crop_size}")
+    need(z == c.data.crop_size, "data.roi_large",
+         f"depth {z} must equal data.crop_size {c.data.crop_size} (one crop in depth, as in the paper)")
+    need((x // c.data.crop_size) * (y // c.data.crop_size) >= 2, "data.roi_large",
+         "must hold at least 2 crops for the global loss")
+    need(0.0 <= c.ssl.ema_momentum <= 1.0, "ssl.ema_momentum", f"must be in [0, 1], got {c.ssl.ema_momentum}")
+    need(c.optim.lr > 0, "optim.lr", f"must be > 0, got {c.optim.lr}")
+    need(c.optim.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {c.optim.warmup_steps}")
+    need(c.optim.grad_clip >= 0, "optim.grad_clip", f"must be >= 0 (0 disables), got {c.optim.grad_clip}")
+    need(c.data.phantoms >= 0, "data.phantoms", f"must be >= 0, got {c.data.phantoms}")
+    try:
+        objectives.validate_ssl_config(c.ssl)
+    except ValueError as e:
+        raise ValueError(f"config.{e}") from None
+
+
+def preset(*, modality: str, match: str, batch_size: int, queue_num: int, arg: str | None):
+    """A paper preset: modality, matching, global batch and queue of ``queue_num x batch`` keys."""
+    if arg not in (None, "", "tiny"):
+        raise ValueError(f"unknown config variant {arg!r}; known: 'tiny'")
+    c = pretrain_config()
+    c.batch_size = batch_size
+    c.data.modality = modality
+    c.ssl.match = match
+    c.ssl.sinkhorn_iters = 100
+    c.ssl.queue_size = queue_num * batch_size
+    return shrink(c) if arg == "tiny" else c

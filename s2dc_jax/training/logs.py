@@ -1,0 +1,44 @@
+"""Run logs from process 0: a plain-text log, TensorBoard scalars and a progress bar."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import jax
+from tqdm import tqdm
+
+
+class RunLog:
+    """Writes ``WORKDIR/log.txt`` and TensorBoard event files; silent on processes other than 0."""
+
+    def __init__(self, workdir: str | os.PathLike, enabled: bool | None = None):
+        self.enabled = jax.process_index() == 0 if enabled is None else enabled
+        self.workdir = Path(workdir)
+        self._tb = None
+        if self.enabled:
+            from tensorboardX import SummaryWriter
+
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
+            self._text = open(self.workdir / "log.txt", "a", buffering=1)
+
+    def line(self, msg: str) -> None:
+        """One line to log.txt (timestamped) and to the terminal, above any progress bar."""
+        if self.enabled:
+            self._text.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
+            tqdm.write(msg)
+
+    def scalars(self, step: int, values: dict) -> None:
+        """TensorBoard scalars and one log line for ``step``."""
+        if not self.enabled:
+            return
+        for k, v in values.items():
+            self._tb.add_scalar(k, float(v), step)
+        self.line(f"step {step} " + json.dumps({k: round(float(v), 6) for k, v in values.items()}))
+
+    def close(self) -> None:
+        if self.enabled:
+            self._tb.close()
+            self._text.close()

@@ -1,0 +1,119 @@
+"""Pretraining: config checks, exact data parallelism, non-finite steps, the loop end to end."""
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from s2dc_jax.objectives.view_params import sample_view_params
+from s2dc_jax.training import config as config_lib
+from s2dc_jax.training.state import build_encoder, create_state, make_optimizer
+from s2dc_jax.training.step import AXIS, make_train_step
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(**overrides):
+    c = config_lib.shrink(config_lib.pretrain_config())
+    for k, v in overrides.items():
+        obj = c
+        *path, last = k.split(".")
+        for p in path:
+            obj = obj[p]
+        obj[last] = v
+    return c
+
+
+def random_batch(seed, b, roi, crop):
+    """A global batch of random ROIs with host-sampled view parameters, as the loader gives."""
+    rng = np.random.default_rng(seed)
+    x, y, z = roi
+    n = (x // crop) * (y // crop)
+    views = [sample_view_params(rng, n) for _ in range(b)]
+    batch = {k: np.stack([v[k] for v in views]) for k in views[0]}
+    # smooth-ish random volumes so that the matching has structure to find
+    img = rng.normal(size=(b, x // 8, y // 8, z // 8)).astype(np.float32)
+    img = img.repeat(8, 1).repeat(8, 2).repeat(8, 3)[..., None]
+    batch["image"] = img
+    return batch
+
+
+def run_steps(config, devices, batches):
+    mesh = Mesh(np.array(devices), (AXIS,))
+    encoder = build_encoder(config.model)
+    tx, schedule = make_optimizer(config)
+    state = create_state(config, encoder, tx, mesh)
+    step = make_train_step(config, encoder, tx, schedule, mesh)
+    sharding = NamedSharding(mesh, P(AXIS))
+    losses = []
+    for b in batches:
+        state, m = step(state, {k: jax.device_put(v, sharding) for k, v in b.items()})
+        losses.append(float(m["loss"]))  # blocks on the step (multi-device CPU, JAX_NOTES.md)
+    return jax.device_get(state), losses
+
+
+@pytest.mark.parametrize("field,value", [
+    ("batch_size", 3), ("model.dtype", "float16"), ("data.crop_size", 48),
+    ("data.roi_large", (64, 64, 64)), ("optim.lr", 0.0), ("model.feature_size", 13),
+    ("ssl.match", "hungarian"), ("ssl.temperature", 0.0),
+])
+def test_validate_names_the_field(field, value):
+    c = tiny_config(**{"batch_size": 2, field: value})
+    with pytest.raises(ValueError, match=f"config.{field}"):
+        config_lib.validate(c, device_count=2)
+
+
+@pytest.mark.parametrize("name,modality,match,queue", [
+    ("ct1k", "ct", "sinkhorn", 90), ("ct10k", "ct", "sinkhorn", 800),
+    ("mri6k", "mri", "dual_softmax", 800), ("pet3k", "pet", "dual_softmax", 800)])
+def test_presets(name, modality, match, queue):
+    from ml_collections import config_flags  # noqa: F401  (the same loader the launcher uses)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    c = mod.get_config()
+    assert (c.data.modality, c.ssl.match, c.ssl.queue_size) == (modality, match, queue)
+    assert c.ssl.sinkhorn_iters == 100 and c.model.feature_size == 48 and c.data.roi_large == (384, 384, 96)
+    assert c.optim.lr == 3e-4 and c.optim.weight_decay == 0.1 and c.optim.warmup_steps == 500
+    config_lib.validate(c, device_count=1)
+    tiny = mod.get_config("tiny")
+    config_lib.validate(tiny, device_count=1)
+    assert tiny.model.feature_size < c.model.feature_size
+    with pytest.raises(ValueError, match="variant"):
+        mod.get_config("huge")
+
+
+def test_data_parallel_is_exact():
+    """8 devices and 1 device, same global batch of 8: same losses and parameters after 3 steps."""
+    c = tiny_config(batch_size=8)
+    batches = [random_batch(s, 8, c.data.roi_large, c.data.crop_size) for s in range(3)]
+    s8, l8 = run_steps(c, jax.devices()[:8], batches)
+    s1, l1 = run_steps(c, jax.devices()[:1], batches)
+    np.testing.assert_allclose(l8, l1, rtol=1e-5, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(s8["params"]), jax.tree.leaves(s1["params"])):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(s8["queue"], s1["queue"], rtol=1e-5, atol=1e-5)
+    assert int(s8["step"]) == 3 and np.isfinite(l8).all()
+
+
+def test_nonfinite_step_is_skipped():
+    c = tiny_config(batch_size=2)
+    good = random_batch(0, 2, c.data.roi_large, c.data.crop_size)
+    bad = dict(good, image=np.full_like(good["image"], np.nan))
+    mesh = Mesh(np.array(jax.devices()[:2]), (AXIS,))
+    encoder = build_encoder(c.model)
+    tx, schedule = make_optimizer(c)
+    state = create_state(c, encoder, tx, mesh)
+    before = jax.device_get(state)
+    step = make_train_step(c, encoder, tx, schedule, mesh)
+    sharding = NamedSharding(mesh, P(AXIS))
+    state, m = step(state, {k: jax.device_put(v, sharding) for k, v in bad.items()})
+    after = jax.device_get(state)
+    assert float(m["skipped"]) == 1.0 and int(after["step"]) == 1
+    for a, b in zip(jax.tree.leaves(before["params"]), jax.tree.leaves(after["params"])):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(before["queue"], after["queue"])
