@@ -49,9 +49,9 @@ def write_state_dict(path: str, state_dict: Mapping[str, Any]) -> int:
 
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
     """Read every array of a weight file as numpy, whatever its layout; `.pt` via torch.load(weights_only=True)."""
+    suffix = _suffix(path)
     if not os.path.isfile(path):
         raise ValueError(f"{path}: no such weight file")
-    suffix = _suffix(path)
     if suffix == ".safetensors":
         from safetensors.numpy import load_file
 

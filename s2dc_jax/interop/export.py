@@ -1,0 +1,149 @@
+"""Export our weights to a MONAI-layout file and, where torch + MONAI exist, measure parity there."""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from s2dc_jax.interop.files import SUFFIXES, is_flax_layout, read_state_dict, write_state_dict
+from s2dc_jax.interop.mapping import (
+    ENCODER_PREFIX,
+    build_model,
+    from_monai,
+    infer_config,
+    to_monai,
+    unflatten_params,
+)
+
+WHATS = ("encoder", "swinunetr")
+
+
+def load_for_export(checkpoint: str, step: int | None = None) -> tuple[dict, str]:
+    """(flax params, kind) from a flat params file or a pretraining workdir / step folder."""
+    if os.path.isdir(checkpoint):
+        try:
+            from s2dc_jax.training.checkpoint import load_params_for_export
+        except ImportError as e:
+            raise ValueError(
+                f"{checkpoint} is a directory (an Orbax workdir) but s2dc_jax.training.checkpoint."
+                f"load_params_for_export is not available: {e}"
+            ) from None
+        try:
+            params, kind = load_params_for_export(checkpoint, step)
+        except FileNotFoundError as e:
+            raise ValueError(str(e)) from None
+        if kind not in WHATS:
+            raise ValueError(f"{checkpoint}: checkpoint kind {kind!r} is not one of {WHATS}")
+        return params, kind
+    if not os.path.exists(checkpoint):
+        raise ValueError(f"--checkpoint: {checkpoint} does not exist")
+    if step is not None:
+        raise ValueError(f"--step is only meaningful for a checkpoint directory, not the file {checkpoint}")
+    flat = read_state_dict(checkpoint)
+    if not flat:
+        raise ValueError(f"{checkpoint}: the file holds no arrays")
+    if is_flax_layout(flat):
+        params = unflatten_params(flat)
+    else:
+        params, report = from_monai(flat)
+        if report.unexpected:
+            raise ValueError(f"{checkpoint}: keys with no place in the model: {report.summary()}")
+    return params, ("swinunetr" if "swinViT" in params else "encoder")
+
+
+def select(params: Mapping, kind: str, what: str) -> dict:
+    """The part of `params` (of `kind`) that `what` asks for; an encoder cannot become a whole SwinUNETR."""
+    if what not in WHATS:
+        raise ValueError(f"--what must be one of {WHATS}, got {what!r}")
+    if what == kind:
+        return dict(params)
+    if what == "encoder" and kind == "swinunetr":
+        return dict(params["swinViT"])
+    raise ValueError("--what=swinunetr needs a whole SwinUNETR checkpoint; this one holds only an encoder")
+
+
+def monai_parity(state_dict: Mapping[str, np.ndarray], what: str, size: int = 64, seed: int = 0) -> dict[str, Any]:
+    """Load `state_dict` into the MONAI model it describes and return the max abs difference to ours.
+
+    For an encoder it also loads the keys into a MONAI `SwinUNETR` with `strict=False`
+    and counts unexpected and absent `swinViT.*` keys, which is how users will load it.
+    """
+    import jax
+    import jax.numpy as jnp
+    import torch
+    from monai.networks.nets.swin_unetr import SwinTransformer, SwinUNETR
+
+    cfg = infer_config(state_dict)
+    params, _ = from_monai(state_dict, what=what)
+    rng = np.random.RandomState(seed)
+    x = rng.randn(1, size, size, size, cfg["in_channels"]).astype(np.float32)
+    xt = torch.from_numpy(x).permute(0, 4, 1, 2, 3).contiguous()
+    tsd = {k: torch.from_numpy(np.asarray(v)) for k, v in state_dict.items()}
+    out: dict[str, Any] = {}
+    win, patch = (cfg["window_size"],) * 3, (cfg["patch_size"],) * 3
+    with torch.no_grad():
+        if what == "encoder":
+            tm = SwinTransformer(
+                in_chans=cfg["in_channels"], embed_dim=cfg["feature_size"], window_size=win, patch_size=patch,
+                depths=cfg["depths"], num_heads=cfg["num_heads"], mlp_ratio=cfg["mlp_ratio"],
+                qkv_bias=cfg["qkv_bias"], patch_norm=cfg["patch_norm"], use_v2=cfg["use_v2"],
+            ).eval()
+            bare = {k.removeprefix(ENCODER_PREFIX): v for k, v in tsd.items()}
+            tm.load_state_dict(bare, strict=True)
+            ref = [t.permute(0, 2, 3, 4, 1).numpy() for t in tm(xt)]
+            if cfg["feature_size"] % 12 == 0:
+                unetr = SwinUNETR(
+                    in_channels=cfg["in_channels"], out_channels=2, feature_size=cfg["feature_size"],
+                    depths=cfg["depths"], num_heads=cfg["num_heads"], window_size=win, patch_size=cfg["patch_size"],
+                    mlp_ratio=cfg["mlp_ratio"], qkv_bias=cfg["qkv_bias"], patch_norm=cfg["patch_norm"],
+                    use_v2=cfg["use_v2"],
+                )
+                res = unetr.load_state_dict(tsd, strict=False)
+                expected = {k for k in unetr.state_dict() if k.startswith(ENCODER_PREFIX)}
+                out["swinunetr_unexpected"] = list(res.unexpected_keys)
+                out["swinunetr_absent_swinvit"] = sorted(expected - set(tsd))
+        else:
+            tm = SwinUNETR(
+                in_channels=cfg["in_channels"], out_channels=cfg["out_channels"], feature_size=cfg["feature_size"],
+                depths=cfg["depths"], num_heads=cfg["num_heads"], window_size=win, patch_size=cfg["patch_size"],
+                mlp_ratio=cfg["mlp_ratio"], qkv_bias=cfg["qkv_bias"], patch_norm=cfg["patch_norm"],
+                use_v2=cfg["use_v2"],
+            ).eval()
+            tm.load_state_dict(tsd, strict=True)
+            ref = [tm(xt).permute(0, 2, 3, 4, 1).numpy()]
+    ours = jax.jit(build_model(cfg, what).apply)({"params": params}, jnp.asarray(x))
+    ours = ours if isinstance(ours, (list, tuple)) else [ours]
+    out["max_abs_error"] = max(float(np.abs(np.asarray(a) - b).max()) for a, b in zip(ours, ref))
+    out["input_shape"] = tuple(x.shape)
+    return out
+
+
+def export(checkpoint: str, out: str, what: str = "encoder", step: int | None = None, log=print,
+           parity: bool = True, parity_size: int = 64) -> dict[str, Any]:
+    """Write `checkpoint`'s weights (`what`) under MONAI key names to `out`; report key count and parity."""
+    if not str(out).endswith(SUFFIXES[:3]):
+        raise ValueError(f"--out must end with .pt, .pth or .safetensors, got {out!r}")
+    if what not in WHATS:
+        raise ValueError(f"--what must be one of {WHATS}, got {what!r}")
+    params, kind = load_for_export(checkpoint, step)
+    sd = to_monai(select(params, kind, what))
+    n = write_state_dict(out, sd)
+    log(f"wrote {n} keys ({what}, MONAI SwinUNETR names) to {out}")
+    result: dict[str, Any] = {"keys": n, "out": out}
+    if parity:
+        try:
+            import monai  # noqa: F401
+            import torch  # noqa: F401
+        except ImportError:
+            log("torch/MONAI not installed: parity not measured")
+            return result
+        result.update(monai_parity(sd, what, size=parity_size))
+        log(f"max abs parity error vs MONAI on a random {result['input_shape']} input: {result['max_abs_error']:.3g}")
+        if "swinunetr_unexpected" in result:
+            log(
+                f"loads into MONAI SwinUNETR(strict=False): {len(result['swinunetr_unexpected'])} unexpected keys, "
+                f"{len(result['swinunetr_absent_swinvit'])} swinViT.* keys absent"
+            )
+    return result

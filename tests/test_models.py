@@ -1,0 +1,168 @@
+"""Model options without a reference: remat, bf16 compute, chunked window attention, shard_map, bad arguments."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from s2dc_jax.models import SwinTransformer3D, SwinUNETR
+from s2dc_jax.models.swin import relative_position_index, shift_mask
+
+# depth 2 in stage 1 gives one shifted (masked) block; the later stages need only one block each
+TINY = dict(in_channels=1, feature_size=12, depths=(2, 1, 1, 1), num_heads=(3, 3, 3, 3), window_size=4)
+
+
+def _x(shape=(32, 32, 32), b=1, c=1, seed=0):
+    return jnp.asarray(np.random.RandomState(seed).randn(b, *shape, c).astype(np.float32))
+
+
+def _params(model, x, seed=0):
+    """Random params of the model's tree from shapes alone: `init` compiles slowly on CPU, tests need many."""
+    rng = np.random.RandomState(seed)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), x)["params"]
+    return jax.tree_util.tree_map_with_path(
+        lambda path, s: jnp.asarray((1.0 if path[-1].key == "scale" else 0.0) + 0.1 * rng.randn(*s.shape), jnp.float32),
+        shapes,
+    )
+
+
+def _loss(model, params, x):
+    return sum(jnp.mean(jnp.square(o)) for o in model.apply({"params": params}, x))
+
+
+def test_stage_shapes_and_normalisation():
+    model = SwinTransformer3D(**TINY)
+    x = _x((32, 48, 16))
+    params = _params(model, x)
+    both = lambda p, x: (model.apply({"params": p}, x), model.apply({"params": p}, x, normalize=False))  # noqa: E731
+    outs, raw = jax.jit(both)(params, x)
+    assert [o.shape for o in outs] == [(1, 16, 24, 8, 12), (1, 8, 12, 4, 24), (1, 4, 6, 2, 48),
+                                       (1, 2, 3, 1, 96), (1, 1, 2, 1, 192)]
+    for o, r in zip(outs, raw):  # normalize=True: LayerNorm without affine over channels of the raw output
+        r = np.asarray(r, np.float64)
+        want = (r - r.mean(-1, keepdims=True)) / np.sqrt(r.var(-1, keepdims=True) + 1e-5)
+        np.testing.assert_allclose(np.asarray(o), want, atol=1e-4)
+    assert not np.allclose(np.asarray(raw[-1]), np.asarray(outs[-1]))
+
+
+def test_remat_changes_nothing_numerically():
+    x = _x()
+    plain = SwinTransformer3D(**TINY, use_v2=True)
+    remat = SwinTransformer3D(**TINY, use_v2=True, remat=True)
+    params = _params(plain, x)
+    assert jax.tree.structure(params) == jax.tree.structure(_params(remat, x))
+    l0, g0 = jax.jit(jax.value_and_grad(lambda p: _loss(plain, p, x)))(params)
+    l1, g1 = jax.jit(jax.value_and_grad(lambda p: _loss(remat, p, x)))(params)
+    np.testing.assert_allclose(float(l0), float(l1), rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+def test_chunked_attention_equals_unchunked():
+    x = _x()
+    full = SwinTransformer3D(**TINY)
+    chunked = SwinTransformer3D(**TINY, attn_chunk=3)  # stage 1 has 8 windows of 4^3: 3 needs padding
+    params = _params(full, x, seed=1)
+    l0, g0 = jax.jit(jax.value_and_grad(lambda p: _loss(full, p, x)))(params)
+    l1, g1 = jax.jit(jax.value_and_grad(lambda p: _loss(chunked, p, x)))(params)
+    np.testing.assert_allclose(float(l0), float(l1), rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+def test_bf16_compute_keeps_fp32_params_and_stays_close():
+    x = _x()
+    f32 = SwinTransformer3D(**TINY, use_v2=True)
+    bf16 = SwinTransformer3D(**TINY, use_v2=True, dtype=jnp.bfloat16)
+    shapes = jax.eval_shape(bf16.init, jax.random.key(2), x)["params"]
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(shapes))
+    params = _params(f32, x, seed=2)
+    a, b = jax.jit(lambda p: (f32.apply({"params": p}, x)[-1], bf16.apply({"params": p}, x)[-1]))(params)
+    assert b.dtype == jnp.float32
+    rel = float(jnp.linalg.norm(a - b) / jnp.linalg.norm(a))
+    assert rel < 0.1, rel  # bf16 has ~3 significant digits; a broken cast gives O(1)
+
+
+def test_last_stage_under_shard_map_with_remat_and_bf16():
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    model = SwinTransformer3D(**TINY, use_v2=True, remat=True, dtype=jnp.bfloat16, attn_chunk=4)
+    x = _x(b=8)
+    params = _params(model, x[:1], seed=3)
+
+    def step(p, xb):  # per device: one crop
+        loss, g = jax.value_and_grad(lambda q: jnp.mean(model.apply({"params": q}, xb)[-1] ** 2))(p)
+        return jax.lax.pmean(loss, "data"), jax.lax.pmean(g, "data")
+
+    sharded = jax.jit(jax.shard_map(step, mesh=mesh, in_specs=(P(), P("data")), out_specs=(P(), P())))
+    xs = jax.device_put(x, NamedSharding(mesh, P("data")))
+    loss, grads = sharded(params, xs)
+    loss = float(jax.block_until_ready(loss))
+    ref_loss, ref_g = jax.jit(jax.value_and_grad(
+        lambda q: jnp.mean(jax.vmap(lambda xi: jnp.mean(model.apply({"params": q}, xi[None])[-1] ** 2))(x))))(params)
+    np.testing.assert_allclose(loss, float(ref_loss), rtol=1e-2)
+    assert all(bool(jnp.isfinite(g).all()) and g.dtype == jnp.float32 for g in jax.tree.leaves(grads))
+    flat_a = jnp.concatenate([g.ravel() for g in jax.tree.leaves(grads)])
+    flat_b = jnp.concatenate([g.ravel() for g in jax.tree.leaves(ref_g)])
+    # bf16 sums in another order differ by rounding only; a wrong pmean or sharding is off by O(1)
+    assert float(jnp.linalg.norm(flat_a - flat_b) / jnp.linalg.norm(flat_b)) < 0.05
+
+
+def test_relative_position_index_and_mask_against_loops():
+    # the index against its definition: offsets shifted to >= 0, mixed radix (2w - 1), last axis fastest
+    win = (3, 2, 4)
+    idx = relative_position_index(win)
+    coords = [(i, j, k) for i in range(3) for j in range(2) for k in range(4)]
+    for a, (i0, j0, k0) in enumerate(coords):
+        for b, (i1, j1, k1) in enumerate(coords):
+            di, dj, dk = i0 - i1 + 2, j0 - j1 + 1, k0 - k1 + 3
+            assert idx[a, b] == (di * 3 + dj) * 7 + dk
+    # mask: two tokens of a window may attend to each other iff they came from the same shifted region
+    dims, win, shift = (8, 8, 4), (4, 4, 4), (2, 2, 0)
+    m = shift_mask(dims, win, shift)
+    assert m.shape == (4, 64, 64)
+    region = lambda p, n, w, s: 0 if p < n - w else (1 if p < n - s else 2) if s else 0  # noqa: E731
+    for wi, (a0, a1, a2) in enumerate([(a, b, c) for a in range(2) for b in range(2) for c in range(1)]):
+        toks = [(a0 * 4 + i, a1 * 4 + j, a2 * 4 + k) for i in range(4) for j in range(4) for k in range(4)]
+        reg = [tuple(region(p, n, w, s) for p, n, w, s in zip(t, dims, win, shift)) for t in toks]
+        want = np.array([[0.0 if r == q else -100.0 for q in reg] for r in reg])
+        np.testing.assert_array_equal(m[wi], want)
+
+
+def test_swinunetr_output_shape_and_bf16():
+    model = SwinUNETR(in_channels=2, out_channels=5, feature_size=12, depths=(2, 1, 1, 1), num_heads=(3, 3, 3, 3),
+                      window_size=4,
+                      dtype=jnp.bfloat16, remat=True)
+    x = _x((32, 64, 32), c=2)
+    params = _params(model, x)
+    y = jax.jit(model.apply)({"params": params}, x)
+    assert y.shape == (1, 32, 64, 32, 5) and y.dtype == jnp.float32
+    assert bool(jnp.isfinite(y).all())
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(num_heads=(3, 5, 3, 3)), "num_heads"),
+        (dict(depths=(2, 2, 2)), "depths"),
+        (dict(window_size=(7, 7)), "window_size"),
+        (dict(downsample="pool"), "downsample"),
+        (dict(dropout_path_rate=0.1), "dropout_path_rate"),
+        (dict(spatial_dims=2), "spatial_dims"),
+        (dict(attn_chunk=0), "attn_chunk"),
+    ],
+)
+def test_encoder_bad_arguments_name_the_field(kwargs, field):
+    args = dict(TINY, **kwargs)
+    with pytest.raises(ValueError, match=field):
+        jax.eval_shape(SwinTransformer3D(**args).init, jax.random.key(0), _x())
+
+
+def test_bad_inputs_are_clear_errors():
+    with pytest.raises(ValueError, match="channels last"):
+        jax.eval_shape(SwinTransformer3D(**TINY).init, jax.random.key(0), _x(c=2))
+    with pytest.raises(ValueError, match="divisible by patch_size"):
+        jax.eval_shape(SwinUNETR(in_channels=1, out_channels=2, feature_size=12).init, jax.random.key(0), _x((32, 48, 32)))
+    with pytest.raises(ValueError, match="feature_size"):
+        jax.eval_shape(SwinUNETR(in_channels=1, out_channels=2, feature_size=16).init, jax.random.key(0), _x())
+    with pytest.raises(ValueError, match="norm_name"):
+        jax.eval_shape(SwinUNETR(in_channels=1, out_channels=2, feature_size=12, norm_name="batch").init, jax.random.key(0), _x())
