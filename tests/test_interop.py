@@ -96,7 +96,8 @@ def test_real_checkpoint_spellings_and_unexpected_keys_are_reported(enc_params):
     messy["module.proj_head_geo.0.weight"] = np.zeros((4, 4), np.float32)
     back, report = from_monai(messy)
     _assert_trees_equal(back, enc_params)
-    assert sorted(report.unexpected) == ["module.proj_head_geo.0.weight", "module.teacher.swin_vit.patch_embed.proj.weight"]
+    assert sorted(report.unexpected) == [
+        "module.proj_head_geo.0.weight", "module.teacher.swin_vit.patch_embed.proj.weight"]
     assert "unexpected 2" in report.summary()
 
 

@@ -174,8 +174,10 @@ def test_bad_inputs_are_clear_errors():
     with pytest.raises(ValueError, match="channels last"):
         jax.eval_shape(SwinTransformer3D(**TINY).init, jax.random.key(0), _x(c=2))
     with pytest.raises(ValueError, match="divisible by patch_size"):
-        jax.eval_shape(SwinUNETR(in_channels=1, out_channels=2, feature_size=12).init, jax.random.key(0), _x((32, 48, 32)))
+        jax.eval_shape(SwinUNETR(in_channels=1, out_channels=2, feature_size=12).init, jax.random.key(0),
+                       _x((32, 48, 32)))
     with pytest.raises(ValueError, match="feature_size"):
         jax.eval_shape(SwinUNETR(in_channels=1, out_channels=2, feature_size=16).init, jax.random.key(0), _x())
     with pytest.raises(ValueError, match="norm_name"):
-        jax.eval_shape(SwinUNETR(in_channels=1, out_channels=2, feature_size=12, norm_name="batch").init, jax.random.key(0), _x())
+        bad = SwinUNETR(in_channels=1, out_channels=2, feature_size=12, norm_name="batch")
+        jax.eval_shape(bad.init, jax.random.key(0), _x())

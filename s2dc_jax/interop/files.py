@@ -42,7 +42,9 @@ def write_state_dict(path: str, state_dict: Mapping[str, Any]) -> int:
         try:
             import torch
         except ImportError:
-            raise ValueError(f"{path}: writing .pt needs torch (pip install s2dc_jax[torch]); use .safetensors") from None
+            raise ValueError(
+                f"{path}: writing .pt needs torch (pip install s2dc_jax[torch]); use .safetensors"
+            ) from None
         torch.save({"state_dict": {k: torch.from_numpy(v) for k, v in arrays.items()}}, path)
     return len(arrays)
 
@@ -73,7 +75,9 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
                 obj = obj[k]
                 break
     if not isinstance(obj, Mapping):
-        raise ValueError(f"{path}: expected a dict of tensors (or one under {_CONTAINER_KEYS}), got {type(obj).__name__}")
+        raise ValueError(
+            f"{path}: expected a dict of tensors (or one under {_CONTAINER_KEYS}), got {type(obj).__name__}"
+        )
     out = {}
     for k, v in obj.items():
         if not hasattr(v, "detach"):

@@ -298,7 +298,8 @@ def from_monai(
         elif init_params is not None:
             what = "swinunetr" if "swinViT" in init_params else "encoder"
         else:
-            what = "swinunetr" if any(not p.startswith(("swinViT/", "patch_embed/", "layers")) for p in converted) else "encoder"
+            decoder = any(not p.startswith(("swinViT/", "patch_embed/", "layers")) for p in converted)
+            what = "swinunetr" if decoder else "encoder"
     # re-root: encoder weights for a SwinUNETR go under swinViT/, and the reverse
     rooted: dict[str, tuple[str, str, np.ndarray]] = {}
     for path, entry in converted.items():
