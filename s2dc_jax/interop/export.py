@@ -32,8 +32,13 @@ def load_for_export(checkpoint: str, step: int | None = None) -> tuple[dict, str
             ) from None
         try:
             params, kind = load_params_for_export(checkpoint, step)
-        except FileNotFoundError as e:
+        except (FileNotFoundError, ValueError) as e:
             raise ValueError(str(e)) from None
+        except Exception as e:  # an unreadable workdir must still end in one line, not a deep traceback
+            raise ValueError(
+                f"{checkpoint}: could not read the pretraining checkpoint (step {step or 'latest'}): "
+                f"{type(e).__name__}: {e}"
+            ) from e
         if kind not in WHATS:
             raise ValueError(f"{checkpoint}: checkpoint kind {kind!r} is not one of {WHATS}")
         return params, kind
