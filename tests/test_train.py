@@ -89,7 +89,9 @@ def test_presets(name, modality, match, queue):
 
 def test_data_parallel_is_exact():
     """8 devices and 1 device, same global batch of 8: same losses and parameters after 3 steps."""
-    c = tiny_config(batch_size=8)
+    # lr 1e-4: float32 gradients differ by ~5e-5 relative between the two summation orders,
+    # and Adam divides that noise by sqrt(v); at the tiny preset's 3e-4 it reaches 2e-5.
+    c = tiny_config(batch_size=8, **{"optim.lr": 1e-4})
     batches = [random_batch(s, 8, c.data.roi_large, c.data.crop_size) for s in range(3)]
     s8, l8 = run_steps(c, jax.devices()[:8], batches)
     s1, l1 = run_steps(c, jax.devices()[:1], batches)

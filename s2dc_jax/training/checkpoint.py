@@ -56,7 +56,9 @@ def _resolve(path: str | os.PathLike, step: int | None) -> tuple[Path, int]:
 def load_student(path: str | os.PathLike, step: int | None = None) -> tuple[dict, int]:
     """The student params ``{"encoder", "heads"}`` (numpy) of a pretraining checkpoint, and its step."""
     root, step = _resolve(path, step)
-    with ocp.CheckpointManager(root, options=ocp.CheckpointManagerOptions(read_only=True)) as mngr:
+    # A read-only manager only knows the items it is told about; "data" stays unread.
+    with ocp.CheckpointManager(root, item_handlers={"state": ocp.PyTreeCheckpointHandler()},
+                               options=ocp.CheckpointManagerOptions(read_only=True)) as mngr:
         meta = mngr.item_metadata(step)["state"]
         target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), meta["params"])
         restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)

@@ -5,6 +5,8 @@ says differs per dataset; :func:`shrink` makes any preset small enough for a smo
 """
 from __future__ import annotations
 
+import os
+
 import ml_collections
 
 from s2dc_jax import data as data_lib
@@ -30,7 +32,8 @@ def pretrain_config() -> ml_collections.ConfigDict:
     c.model.window_size = 7
     c.model.patch_size = 2
     c.model.use_v2 = True
-    c.model.remat = False
+    c.model.remat = False       # rematerialise each Swin block in the backward pass (less memory)
+    c.model.attn_chunk = 0      # windows per attention chunk; 0 = all at once (chunks bound memory)
     c.model.dtype = "float32"   # compute dtype: 'float32' | 'bfloat16' (params stay float32)
 
     c.data = data_lib.default_data_config()
@@ -87,6 +90,7 @@ def validate(c: ml_collections.ConfigDict, device_count: int) -> None:
     need(c.log_every > 0, "log_every", f"must be > 0, got {c.log_every}")
     need(c.checkpoint_every > 0, "checkpoint_every", f"must be > 0, got {c.checkpoint_every}")
     need(c.keep_checkpoints > 0, "keep_checkpoints", f"must be > 0, got {c.keep_checkpoints}")
+    need(c.model.attn_chunk >= 0, "model.attn_chunk", f"must be >= 0 (0 = no chunking), got {c.model.attn_chunk}")
     need(c.model.dtype in _MODEL_DTYPES, "model.dtype", f"must be one of {_MODEL_DTYPES}, got {c.model.dtype!r}")
     need(len(c.model.depths) == len(c.model.num_heads) == 4, "model.depths",
          f"depths and num_heads need 4 stages, got {c.model.depths} and {c.model.num_heads}")
@@ -126,3 +130,36 @@ def preset(*, modality: str, match: str, batch_size: int, queue_num: int, arg: s
     c.ssl.sinkhorn_iters = 100
     c.ssl.queue_size = queue_num * batch_size
     return shrink(c) if arg == "tiny" else c
+
+
+def load(spec: str, overrides=()) -> ml_collections.ConfigDict:
+    """``configs/x.py[:variant]`` -> its ``get_config(variant)``, then ``KEY=VALUE`` overrides.
+
+    For scripts outside absl (``launch/benchmark.py``); values are Python literals.
+    """
+    import ast
+    import importlib.util
+
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file not found: {path}")
+    module_spec = importlib.util.spec_from_file_location("_s2dc_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    c = module.get_config(arg or None)
+    for item in overrides:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"override {item!r} is not KEY=VALUE")
+        try:
+            parsed = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            parsed = value
+        *parents, leaf = key.split(".")
+        node = c
+        for p in parents:
+            node = node[p]
+        if leaf not in node:
+            raise ValueError(f"config has no field {key!r}")
+        node[leaf] = tuple(parsed) if isinstance(parsed, list) else parsed
+    return c

@@ -156,6 +156,12 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
                     f"{skipped_in_a_row} consecutive steps had a non-finite loss or gradients; "
                     f"stopped at step {step} (checkpoint saved; the state is the last finite one). "
                     f"Lower optim.lr or check the data.")
+        if jax.process_count() > 1:
+            # Every process holds its own replica of the state: check they are still one.
+            sums = np.array([float(np.asarray(x.addressable_data(0), np.float64).sum())
+                             for x in jax.tree.leaves(state["params"])])
+            multihost_utils.assert_equal(sums, "the processes' parameter replicas differ")
+            logs.line(f"replicas agree across {jax.process_count()} processes at step {step}")
     finally:
         manager.wait_until_finished()
         manager.close()

@@ -23,6 +23,7 @@ def build_encoder(model_cfg: ml_collections.ConfigDict) -> SwinTransformer3D:
         patch_size=(p, p, p) if isinstance(p, int) else tuple(p),
         use_v2=model_cfg.use_v2,
         remat=model_cfg.remat,
+        attn_chunk=model_cfg.attn_chunk or None,
         dtype=jnp.dtype(model_cfg.dtype),
     )
 

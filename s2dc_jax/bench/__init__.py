@@ -1,0 +1,1 @@
+"""Benchmarks: the JAX step against a PyTorch + MONAI step of the same shapes and losses."""

@@ -1,0 +1,139 @@
+"""Step time, volumes per second and peak memory of the pretraining step, JAX vs PyTorch + MONAI.
+
+Each framework runs in its own child process (clean peak-memory figures) on the same
+config, the same random batches and the same device kind; the parent prints both and the
+ratio. Used by ``launch/benchmark.py pretrain``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+
+def _batches(config, n, seed=0):
+    from s2dc_jax.objectives.view_params import sample_view_params
+
+    rng = np.random.default_rng(seed)
+    x, y, z = config.data.roi_large
+    crops = (x // config.data.crop_size) * (y // config.data.crop_size)
+    out = []
+    for _ in range(n):
+        views = [sample_view_params(rng, crops) for _ in range(config.batch_size)]
+        b = {k: np.stack([v[k] for v in views]) for k in views[0]}
+        b["image"] = rng.uniform(0, 1, (config.batch_size, x, y, z, 1)).astype(np.float32)
+        out.append(b)
+    return out
+
+
+def _peak_rss_bytes():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def time_jax(config, steps: int, warmup: int) -> dict:
+    """Mean seconds per step of the jit'd shard_map step on all local devices."""
+    import jax
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from s2dc_jax.training.state import build_encoder, create_state, make_optimizer
+    from s2dc_jax.training.step import AXIS, make_train_step
+
+    mesh = jax.make_mesh((jax.device_count(),), (AXIS,))
+    encoder = build_encoder(config.model)
+    tx, schedule = make_optimizer(config)
+    state = create_state(config, encoder, tx, mesh)
+    step = make_train_step(config, encoder, tx, schedule, mesh)
+    sharding = NamedSharding(mesh, P(AXIS))
+    batches = [{k: jax.device_put(v, sharding) for k, v in b.items()} for b in _batches(config, 2)]
+    t_compile = time.perf_counter()
+    for i in range(warmup):
+        state, m = step(state, batches[i % 2])
+        jax.block_until_ready(m)
+    t_compile = time.perf_counter() - t_compile
+    times = []
+    for i in range(steps):
+        t0 = time.perf_counter()
+        state, m = step(state, batches[i % 2])
+        jax.block_until_ready(m)
+        times.append(time.perf_counter() - t0)
+    dev = jax.devices()[0]
+    stats = dev.memory_stats() if dev.platform == "gpu" else None
+    peak = stats["peak_bytes_in_use"] if stats else _peak_rss_bytes()
+    return {"framework": "jax", "device": f"{jax.device_count()} x {dev.device_kind}",
+            "step_s": float(np.median(times)), "warmup_s": t_compile, "peak_bytes": int(peak),
+            "peak_kind": "device" if stats else "host RSS", "loss": float(m["loss"])}
+
+
+def time_torch(config, steps: int, warmup: int) -> dict:
+    """Median seconds per step of the PyTorch + MONAI step on one device."""
+    import torch
+
+    from s2dc_jax.bench.torch_step import TorchS2DC
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    model = TorchS2DC(config, dev)
+    batches = _batches(config, 2)
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+    t0 = time.perf_counter()
+    for i in range(warmup):
+        loss = model.step(batches[i % 2])
+        sync()
+    t_warm = time.perf_counter() - t0
+    times = []
+    for i in range(steps):
+        t0 = time.perf_counter()
+        loss = model.step(batches[i % 2])
+        sync()
+        times.append(time.perf_counter() - t0)
+    gpu = dev == "cuda"
+    peak = torch.cuda.max_memory_allocated() if gpu else _peak_rss_bytes()
+    name = torch.cuda.get_device_name() if gpu else f"cpu ({torch.get_num_threads()} threads)"
+    return {"framework": "torch+monai", "device": name, "step_s": float(np.median(times)),
+            "warmup_s": t_warm, "peak_bytes": int(peak), "peak_kind": "device" if gpu else "host RSS",
+            "loss": float(loss)}
+
+
+def child(framework: str, config_json: str, steps: int, warmup: int) -> None:
+    """Entry of one child process: time one framework, print one JSON line."""
+    import ml_collections
+
+    config = ml_collections.ConfigDict(json.loads(config_json))
+    for k in ("depths", "num_heads"):
+        config.model[k] = tuple(config.model[k])
+    config.data.roi_large = tuple(config.data.roi_large)
+    fn = time_jax if framework == "jax" else time_torch
+    print("RESULT " + json.dumps(fn(config, steps, warmup)), flush=True)
+
+
+def compare(config, steps: int = 5, warmup: int = 2, frameworks=("jax", "torch")) -> list[dict]:
+    """Run each framework in a child process on ``config``; return their result dicts."""
+    results = []
+    for fw in frameworks:
+        code = ("import sys; from s2dc_jax.bench.pretrain import child; "
+                "child(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))")
+        proc = subprocess.run([sys.executable, "-c", code, fw, config.to_json(), str(steps), str(warmup)],
+                              capture_output=True, text=True, env=os.environ.copy())
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if proc.returncode != 0 or not lines:
+            raise RuntimeError(f"{fw} benchmark failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+        r = json.loads(lines[-1][len("RESULT "):])
+        r["volumes_per_s"] = config.batch_size / r["step_s"]
+        results.append(r)
+    return results
+
+
+def format_table(results: list[dict]) -> str:
+    rows = ["| framework | device | step (s) | volumes/s | peak memory (GiB) | first steps (s) |",
+            "|---|---|---|---|---|---|"]
+    for r in results:
+        rows.append(f"| {r['framework']} | {r['device']} | {r['step_s']:.3f} | {r['volumes_per_s']:.2f} | "
+                    f"{r['peak_bytes'] / 2**30:.2f} ({r['peak_kind']}) | {r['warmup_s']:.1f} |")
+    if len(results) == 2:
+        rows.append(f"\nJAX step is {results[1]['step_s'] / results[0]['step_s']:.2f}x "
+                    f"the speed of the PyTorch + MONAI step.")
+    return "\n".join(rows)
