@@ -3,9 +3,10 @@
     python launch/pretrain.py --config=configs/demo.py --workdir=runs/demo
 
 It writes a handful of phantom NIfTI volumes into WORKDIR/phantoms (read back through
-the real loader), pretrains for a few dozen steps and logs the correspondence accuracy
-(the fraction of ground-truth patch pairs matched correctly), which should rise
-clearly above its starting value. Then:
+the real loader), pretrains a 350k-parameter Swin for 150 steps (about 4 minutes on a
+2-core CPU) and logs the correspondence accuracy (the fraction of ground-truth patch
+pairs matched correctly): about 0.15-0.23 over the first steps, 0.35-0.40 at the end.
+Then:
 
     python launch/export_torch.py --checkpoint=runs/demo --out=runs/demo/encoder.safetensors
 """
@@ -15,21 +16,23 @@ from s2dc_jax.training.config import pretrain_config
 def get_config(arg=None):
     del arg
     c = pretrain_config()
-    c.total_steps = 60
+    c.total_steps = 150
     c.batch_size = 2
-    c.log_every = 5
-    c.checkpoint_every = 20
+    c.log_every = 10
+    c.checkpoint_every = 50
     c.keep_checkpoints = 2
     c.model.feature_size = 12
     c.model.depths = (1, 1, 1, 1)
     c.model.num_heads = (1, 1, 2, 2)
-    c.model.use_v2 = True
+    c.model.window_size = 4     # the 16^3 first stage splits into whole windows (7 would pad it to 21^3)
+    c.model.use_v2 = False      # 3D convolutions are slow on a CPU; the presets keep the v2 blocks
     c.data.modality = "ct"
     c.data.phantoms = 8
     c.data.roi_large = (128, 128, 32)
     c.data.crop_size = 32
     c.data.workers = 0
     c.ssl.match = "dual_softmax"
+    c.ssl.temperature = 0.1     # sharper matching than the reference's 1.0: a clear signal in few steps
     c.ssl.head_hidden = 128
     c.ssl.head_dim = 64
     c.ssl.queue_size = 32

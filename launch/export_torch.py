@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Workdir, step folder, or params file (.safetensors/.npz/.pt).")
 _STEP = flags.DEFINE_integer("step", None, "Step to export from a workdir (default: the latest).")
@@ -29,6 +29,7 @@ flags.mark_flags_as_required(["checkpoint", "out"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every file it reads at INFO
     from s2dc_jax.interop.export import export
 
     try:

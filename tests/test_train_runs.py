@@ -40,26 +40,38 @@ def assert_trees_close(a, b, atol):
         np.testing.assert_allclose(x, y, rtol=0, atol=atol)
 
 
-@pytest.mark.slow
-def test_kill9_then_resume_equals_uninterrupted(tmp_path):
-    steps = ["--config.total_steps=8", "--config.checkpoint_every=2"]
-    run_ok(pretrain_cmd(tmp_path / "straight", *steps))
-
-    work = tmp_path / "killed"
-    proc = subprocess.Popen(pretrain_cmd(work, *steps), env=env(2), cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpts = work / "checkpoints"
+def _stop_after_checkpoint(cmd, ckpts: Path, after: int, sig) -> subprocess.Popen:
+    """Start ``cmd``, send ``sig`` as soon as a checkpoint newer than step ``after`` is complete."""
+    proc = subprocess.Popen(cmd, env=env(2), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
         done = [int(p.name) for p in ckpts.glob("*") if p.name.isdigit()] if ckpts.exists() else []
-        if done:
-            proc.send_signal(signal.SIGKILL)
+        if any(d > after for d in done):
+            proc.send_signal(sig)
             break
         time.sleep(0.05)
-    proc.wait(timeout=60)
+    proc.wait(timeout=300)
+    return proc
+
+
+@pytest.mark.slow
+def test_preempt_kill9_and_resume_equal_uninterrupted(tmp_path):
+    """SIGTERM saves and exits cleanly; kill -9 loses nothing saved; resuming twice ends where one run does."""
+    steps = ["--config.total_steps=8", "--config.checkpoint_every=2"]
+    run_ok(pretrain_cmd(tmp_path / "straight", *steps))
+
+    work = tmp_path / "interrupted"
+    ckpts = work / "checkpoints"
+    proc = _stop_after_checkpoint(pretrain_cmd(work, *steps), ckpts, 0, signal.SIGTERM)
+    assert proc.returncode == 0, "SIGTERM should save a checkpoint and exit cleanly"
+    assert "preempted: saved step" in (work / "log.txt").read_text()
+    _, preempted_at = load_student(work)
+    assert 2 <= preempted_at < 8
+
+    proc = _stop_after_checkpoint(pretrain_cmd(work, *steps), ckpts, preempted_at, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     _, killed_at = load_student(work)
-    assert killed_at < 8
+    assert preempted_at < killed_at < 8
 
     out = run_ok(pretrain_cmd(work, *steps))
     assert "resumed from" in out.stdout + out.stderr
@@ -67,6 +79,25 @@ def test_kill9_then_resume_equals_uninterrupted(tmp_path):
     straight, step0 = load_student(tmp_path / "straight")
     assert step == step0 == 8
     assert_trees_close(resumed, straight, atol=1e-6)
+
+    # The workdir holds what the README promises, and its export loads into MONAI SwinUNETR.
+    run_dir = tmp_path / "straight"
+    assert (run_dir / "config.json").exists() and "step 8" in (run_dir / "log.txt").read_text()
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    out = run_ok([sys.executable, str(REPO / "launch" / "export_torch.py"), f"--checkpoint={run_dir}",
+                  f"--out={tmp_path / 'encoder.safetensors'}"])
+    assert "0 unexpected keys, 0 swinViT.* keys absent" in out.stdout
+    torch = pytest.importorskip("torch")
+    from monai.networks.nets import SwinUNETR
+    from safetensors.numpy import load_file
+
+    sd = {k: torch.from_numpy(v) for k, v in load_file(tmp_path / "encoder.safetensors").items()}
+    c = 12  # the tiny preset's feature size
+    net = SwinUNETR(in_channels=1, out_channels=14, feature_size=c, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2),
+                    use_v2=True)
+    res = net.load_state_dict(sd, strict=False)
+    assert not res.unexpected_keys
+    assert not [k for k in res.missing_keys if k.startswith("swinViT.")]
 
 
 def _free_port():

@@ -139,7 +139,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
             n_acc += 1
             bar.update(1)
             bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['corr_acc']:.3f}", refresh=False)
-            if step % config.log_every == 0 or step == config.total_steps:
+            # The first step of a run is logged on its own: its metrics are those of the
+            # starting parameters, the baseline the correspondence accuracy should rise from.
+            if step % config.log_every == 0 or step == config.total_steps or step == start + 1:
                 dt = time.perf_counter() - t0
                 last = _summary(step, acc, n_acc, dt, config.batch_size, data_lib.iterator_stats(data_iter))
                 logs.scalars(step, last)
@@ -158,8 +160,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
                     f"Lower optim.lr or check the data.")
         if jax.process_count() > 1:
             # Every process holds its own replica of the state: check they are still one.
-            sums = np.array([float(np.asarray(x.addressable_data(0), np.float64).sum())
-                             for x in jax.tree.leaves(state["params"])])
+            # float32: process_allgather would turn float64 into float32 and never compare equal
+            sums = np.array([np.asarray(x.addressable_data(0)).sum() for x in jax.tree.leaves(state["params"])],
+                            np.float32)
             multihost_utils.assert_equal(sums, "the processes' parameter replicas differ")
             logs.line(f"replicas agree across {jax.process_count()} processes at step {step}")
     finally:
