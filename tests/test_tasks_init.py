@@ -122,7 +122,7 @@ def test_init_checkpoint_from_pretrain_workdir(tmp_path):
   d = demo.get_config()
   c = _seg_config()
   c.model.feature_size, c.model.depths, c.model.num_heads = d.model.feature_size, d.model.depths, d.model.num_heads
-  c.model.use_v2 = d.model.use_v2
+  c.model.use_v2, c.model.window_size = d.model.use_v2, d.model.window_size
   c.init.checkpoint = str(work)
   _, fresh = _fresh(c, seed=3)
   params, report = initialize(fresh, c, log=lambda s: None)
