@@ -131,3 +131,15 @@ def test_two_processes_train_checkpoint_and_agree(tmp_path):
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
     # one grain data-state file per process sits beside the state
     assert len(list((work / "checkpoints" / "3" / "data").glob("*"))) >= 2
+
+
+@pytest.mark.parametrize("flag,needle", [
+    ("--config.ssl.match=hungarian", "config.ssl.match"),
+    ("--config.data.datalist=/nonexistent/list.json", "/nonexistent/list.json"),
+])
+def test_bad_input_is_one_clear_line(tmp_path, flag, needle):
+    p = subprocess.run([sys.executable, str(REPO / "launch" / "pretrain.py"), "--config=configs/mri6k.py",
+                        f"--workdir={tmp_path}", flag], env=env(1), capture_output=True, text=True,
+                       timeout=300, cwd=REPO)
+    assert p.returncode == 2
+    assert needle in p.stderr and "Traceback" not in p.stderr
