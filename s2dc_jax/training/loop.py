@@ -168,6 +168,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
     finally:
         manager.wait_until_finished()
         manager.close()
+        data_iter.close()  # stops grain's workers and frees their shared memory
         bar.close()
         preempted.close()
         logs.close()
