@@ -34,16 +34,16 @@ def test_segmentation_entry_point(tmp_path):
                              targets=False, orientations=("LPS", "RAS"))
   work = tmp_path / "run"
   evals, r = run_entry("segmentation", "btcv.py:tiny", work, f"--config.data.datalist={dl}",
-                       "--config.model.out_channels=6", "--config.total_steps=30", "--config.eval_every=30",
+                       "--config.model.out_channels=6", "--config.total_steps=80", "--config.eval_every=80",
                        "--config.num_devices=2", "--config.optim.lr=0.002", "--config.eval.at_start=True")
   assert r.returncode == 0, r.stderr[-3000:]
-  start, end = evals[0]["dice"], evals[30]["dice"]
-  print(f"segmentation mean Dice: untrained {start:.4f} -> 30 steps {end:.4f}")
+  start, end = evals[0]["dice"], evals[80]["dice"]
+  print(f"segmentation mean Dice: untrained {start:.4f} -> 80 steps {end:.4f}")
   assert end > start + 0.15, (start, end)
   # Workdir contract: config, log, TensorBoard, latest and best checkpoints, NIfTI predictions.
   assert json.loads((work / "config.json").read_text())["task"] == "segmentation"
   assert (work / "log.txt").is_file() and any((work / "tensorboard").iterdir())
-  assert (work / "checkpoints" / "30").is_dir() and any((work / "best").iterdir())
+  assert (work / "checkpoints" / "80").is_dir() and any((work / "best").iterdir())
   src = json.loads(Path(dl).read_text())["validation"][0]["image"]
   src_img = nib.load(Path(dl).parent / src)
   pred = nib.load(work / "predictions" / (Path(src).name.replace(".nii.gz", "") + "_seg.nii.gz"))

@@ -8,7 +8,7 @@ Setup: volumes resized to 96^3, z-score per volume, 300 epochs, 5 folds over sub
 Variant ':tiny' (feature size 12, 32^3 crops, 40 steps) is a smoke run on any datalist,
 e.g. synthetic phantoms from s2dc_jax.data.phantoms; minutes on a laptop CPU.
 """
-from s2dc_jax.tasks.config import base_config, shrink
+from s2dc_jax.tasks.config import base_config, variant
 
 
 def get_config(arg=None):
@@ -23,8 +23,4 @@ def get_config(arg=None):
   c.batch_size = 8
   c.epochs = 300
   c.eval_every = 100
-  if arg == "tiny":
-    shrink(c)
-  elif arg:
-    raise ValueError(f"config variant must be '' or 'tiny', got {arg!r}")
-  return c
+  return variant(c, arg)

@@ -8,7 +8,7 @@ Setup: 2 x 2 x 3 mm, z-score over the volume (SUV), 96^3 crops, 400 epochs, 2:8 
 Variant ':tiny' (feature size 12, 32^3 crops, 40 steps) is a smoke run on any datalist,
 e.g. synthetic phantoms from s2dc_jax.data.phantoms; minutes on a laptop CPU.
 """
-from s2dc_jax.tasks.config import base_config, shrink
+from s2dc_jax.tasks.config import base_config, variant
 
 
 def get_config(arg=None):
@@ -19,8 +19,4 @@ def get_config(arg=None):
   c.data.spacing = (2.0, 2.0, 3.0)
   c.data.val_fraction = 0.2
   c.epochs = 400
-  if arg == "tiny":
-    shrink(c)
-  elif arg:
-    raise ValueError(f"config variant must be '' or 'tiny', got {arg!r}")
-  return c
+  return variant(c, arg)

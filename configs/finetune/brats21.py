@@ -8,7 +8,7 @@ Setup: 1 mm isotropic, z-score over brain voxels per channel, 96^3 crops, 300 ep
 Variant ':tiny' (feature size 12, 32^3 crops, 40 steps) is a smoke run on any datalist,
 e.g. synthetic phantoms from s2dc_jax.data.phantoms; minutes on a laptop CPU.
 """
-from s2dc_jax.tasks.config import base_config, shrink
+from s2dc_jax.tasks.config import base_config, variant
 
 
 def get_config(arg=None):
@@ -22,8 +22,4 @@ def get_config(arg=None):
   c.epochs = 300
   # Channel count differs from pretraining: the input layers start fresh.
   c.init.skip = (r"patch_embed\.proj", r"encoder1\.layer\.conv[13]")
-  if arg == "tiny":
-    shrink(c)
-  elif arg:
-    raise ValueError(f"config variant must be '' or 'tiny', got {arg!r}")
-  return c
+  return variant(c, arg)

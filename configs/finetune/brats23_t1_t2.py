@@ -8,7 +8,7 @@ Setup: 1 mm, min-max scaling of input and target to [0, 1], 96^3 crops, L1, 300 
 Variant ':tiny' (feature size 12, 32^3 crops, 40 steps) is a smoke run on any datalist,
 e.g. synthetic phantoms from s2dc_jax.data.phantoms; minutes on a laptop CPU.
 """
-from s2dc_jax.tasks.config import base_config, shrink
+from s2dc_jax.tasks.config import base_config, variant
 
 
 def get_config(arg=None):
@@ -19,8 +19,4 @@ def get_config(arg=None):
   c.data.spacing = (1.0, 1.0, 1.0)
   c.data.val_fraction = 0.2
   c.epochs = 300
-  if arg == "tiny":
-    shrink(c)
-  elif arg:
-    raise ValueError(f"config variant must be '' or 'tiny', got {arg!r}")
-  return c
+  return variant(c, arg)

@@ -8,7 +8,7 @@ Setup: SwinUNETR BTCV recipe: 1.5 x 1.5 x 2.0 mm, HU window [-175, 250] -> [0, 1
 Variant ':tiny' (feature size 12, 32^3 crops, 40 steps) is a smoke run on any datalist,
 e.g. synthetic phantoms from s2dc_jax.data.phantoms; minutes on a laptop CPU.
 """
-from s2dc_jax.tasks.config import base_config, shrink
+from s2dc_jax.tasks.config import base_config, variant
 
 
 def get_config(arg=None):
@@ -19,8 +19,4 @@ def get_config(arg=None):
   c.data.spacing = (1.5, 1.5, 2.0)
   c.data.a_min, c.data.a_max = -175.0, 250.0
   c.epochs = 3000
-  if arg == "tiny":
-    shrink(c)
-  elif arg:
-    raise ValueError(f"config variant must be '' or 'tiny', got {arg!r}")
-  return c
+  return variant(c, arg)

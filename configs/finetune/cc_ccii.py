@@ -8,7 +8,7 @@ Setup: volumes resized to 128 x 128 x 64, HU window [-1000, 1000], 100 epochs, 3
 Variant ':tiny' (feature size 12, 32^3 crops, 40 steps) is a smoke run on any datalist,
 e.g. synthetic phantoms from s2dc_jax.data.phantoms; minutes on a laptop CPU.
 """
-from s2dc_jax.tasks.config import base_config, shrink
+from s2dc_jax.tasks.config import base_config, variant
 
 
 def get_config(arg=None):
@@ -23,8 +23,4 @@ def get_config(arg=None):
   c.batch_size = 8
   c.epochs = 100
   c.eval_every = 100
-  if arg == "tiny":
-    shrink(c)
-  elif arg:
-    raise ValueError(f"config variant must be '' or 'tiny', got {arg!r}")
-  return c
+  return variant(c, arg)

@@ -8,7 +8,7 @@ Setup: 1.5 x 1.5 x 2.0 mm, abdominal HU window [-175, 250], 96^3 crops, 1000 epo
 Variant ':tiny' (feature size 12, 32^3 crops, 40 steps) is a smoke run on any datalist,
 e.g. synthetic phantoms from s2dc_jax.data.phantoms; minutes on a laptop CPU.
 """
-from s2dc_jax.tasks.config import base_config, shrink
+from s2dc_jax.tasks.config import base_config, variant
 
 
 def get_config(arg=None):
@@ -20,8 +20,4 @@ def get_config(arg=None):
   c.data.a_min, c.data.a_max = -175.0, 250.0
   c.data.val_fraction = 0.2
   c.epochs = 1000
-  if arg == "tiny":
-    shrink(c)
-  elif arg:
-    raise ValueError(f"config variant must be '' or 'tiny', got {arg!r}")
-  return c
+  return variant(c, arg)

@@ -8,7 +8,7 @@ Setup: native spacing, min-max scaling of input and target, 96^3 crops, L1, 300 
 Variant ':tiny' (feature size 12, 32^3 crops, 40 steps) is a smoke run on any datalist,
 e.g. synthetic phantoms from s2dc_jax.data.phantoms; minutes on a laptop CPU.
 """
-from s2dc_jax.tasks.config import base_config, shrink
+from s2dc_jax.tasks.config import base_config, variant
 
 
 def get_config(arg=None):
@@ -18,8 +18,4 @@ def get_config(arg=None):
   c.data.modality, c.data.intensity, c.data.target_intensity = "pet", "minmax", "minmax"
   c.data.val_fraction = 0.2
   c.epochs = 300
-  if arg == "tiny":
-    shrink(c)
-  elif arg:
-    raise ValueError(f"config variant must be '' or 'tiny', got {arg!r}")
-  return c
+  return variant(c, arg)

@@ -25,10 +25,12 @@ from s2dc_jax.data import io, presets
 LABEL_NAMES = ("background", "liver", "spleen", "kidney_left", "kidney_right", "bone")
 CLASS_NAMES = ("normal", "focal_lesions", "diffuse")
 
+_LESIONS, _LESION_RADIUS = 5, 0.1  # focal class: lesion count and radius (fraction of the shortest side)
+
 # Physical intensity of (background, body, fat layer, liver, spleen, kidney, kidney, bone).
 _LEVELS = {
     "ct": dict(image=(-1000, 30, -100, 60, 50, 35, 35, 700), noise=12.0, texture=15.0,
-               lesion=120.0, diffuse=-40.0),
+               lesion=150.0, diffuse=-100.0),
     "mri": dict(image=(0, 300, 600, 450, 380, 520, 520, 120), noise=8.0, texture=25.0,
                 lesion=250.0, diffuse=-120.0,
                 target=(0, 250, 350, 300, 600, 750, 750, 80)),
@@ -83,8 +85,8 @@ def make_phantom(rng: np.random.Generator, shape=(96, 96, 48), modality: str = "
     liver = label == 1
     if cls == 1 and liver.any():
         pts = np.argwhere(liver)
-        for p in pts[rng.choice(len(pts), size=3)]:
-            r = max(2.0, min(shape) * 0.06)
+        for p in pts[rng.choice(len(pts), size=_LESIONS)]:
+            r = max(2.0, min(shape) * _LESION_RADIUS)
             g = np.ogrid[tuple(slice(0, s) for s in shape)]
             ball = sum((gi - pi) ** 2 for gi, pi in zip(g, p)) <= r * r
             clean[ball & body] += np.float32(lv["lesion"])

@@ -103,9 +103,20 @@ def shrink(c: ml_collections.ConfigDict, roi=(32, 32, 32), steps: int = 40) -> m
   c.eval_every = steps
   c.checkpoint_every = steps
   c.eval.sw_batch_size = 2
-  c.optim.lr = 2e-3
+  # Measured on CT phantoms: the tiny classifier trained from scratch stalls at chance with AdamW 2e-3 and
+  # learns at 3e-4; the dense tasks' SwinUNETR learns fastest at 2e-3.
+  c.optim.lr = 3e-4 if c.task == "classification" else 2e-3
   c.optim.warmup_steps = 0
   c.optim.schedule = "constant"
+  return c
+
+
+def variant(c: ml_collections.ConfigDict, arg) -> ml_collections.ConfigDict:
+  """A dataset config file's variant: '' or None (its published setup) or 'tiny' (`shrink`)."""
+  if arg == "tiny":
+    return shrink(c)
+  if arg:
+    raise ValueError(f"config variant must be '' or 'tiny', got {arg!r}")
   return c
 
 
