@@ -7,6 +7,8 @@ weights with --config.init.torch=FILE.pt|.safetensors; --config.init.skip='("reg
 leaves matching parameters at their fresh values. Re-running resumes from the latest
 checkpoint; the best one (by validation score) is kept in WORKDIR/best and used for
 the predictions written to WORKDIR/predictions.
+Several hosts: pass --coordinator_address/--num_processes/--process_id, or run under
+SLURM / Open MPI, as for launch/pretrain.py.
 """
 import sys
 from pathlib import Path

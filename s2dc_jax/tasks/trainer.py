@@ -6,7 +6,10 @@ its loss on a batch and its evaluation on whole validation volumes. Everything e
 lives here once.
 
 Data parallel: the state is replicated and each batch is sharded over the mesh axis
-"data"; one `jax.jit` step lets XLA insert the gradient all-reduce.
+"data"; one `jax.jit` step lets XLA insert the gradient all-reduce. With several
+processes (`jax.distributed`), every process loads the (small) downstream set, builds the
+same global batch from (seed, step) and hands JAX only its own devices' rows; every
+process evaluates on its first local device, and process 0 writes logs and predictions.
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ from s2dc_jax.tasks import data as task_data
 from s2dc_jax.tasks.init import initialize
 from s2dc_jax.tasks.models import build_model
 from s2dc_jax.training.logs import RunLog
+from s2dc_jax.training.loop import check_replicas
 
 
 @dataclasses.dataclass
@@ -43,12 +47,21 @@ class TaskSpec:
 
 
 def make_mesh(num_devices: int = 0) -> Mesh:
-  """1-D mesh over the first `num_devices` local devices (all when 0), axis "data"."""
-  devs = jax.local_devices()
+  """1-D mesh, axis "data", over the first `num_devices` devices (all when 0; all of every process's when several)."""
+  devs = jax.devices()
   n = num_devices or len(devs)
   if n > len(devs):
-    raise ValueError(f"num_devices ({n}) exceeds the {len(devs)} local devices")
+    raise ValueError(f"num_devices ({n}) exceeds the {len(devs)} devices")
+  if jax.process_count() > 1 and n != len(devs):
+    raise ValueError(f"num_devices ({n}) must be 0 or all {len(devs)} devices when running {jax.process_count()} "
+                     "processes")
   return Mesh(np.asarray(devs[:n]), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def _global(tree, sharding: NamedSharding):
+  """Host numpy arrays, the same on every process, as global arrays with `sharding` (each process gives its part)."""
+  return jax.tree.map(lambda a: jax.make_array_from_callback(np.shape(a), sharding, lambda idx: np.asarray(a)[idx]),
+                      tree)
 
 
 def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
@@ -90,7 +103,9 @@ def run(config, workdir, spec: TaskSpec) -> dict:
   workdir = Path(workdir).absolute()
   workdir.mkdir(parents=True, exist_ok=True)
   log = RunLog(workdir)
-  (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+  main_process = jax.process_index() == 0
+  if main_process:
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
 
   train_entries, val_entries = task_data.splits(config)
   if not train_entries:
@@ -114,8 +129,9 @@ def run(config, workdir, spec: TaskSpec) -> dict:
 
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P("data"))
-  state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
-  state = jax.device_put(state, replicated)
+  state = {"step": np.zeros((), np.int32), "params": params, "opt_state": tx.init(params)}
+  # From host values: a device_put of process-local jax arrays onto a multi-process sharding breaks Orbax saves.
+  state = _global(jax.tree.map(np.asarray, state), replicated)
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), state)
 
   latest = ocp.CheckpointManager(workdir / "checkpoints", options=ocp.CheckpointManagerOptions(
@@ -131,13 +147,13 @@ def run(config, workdir, spec: TaskSpec) -> dict:
   step_fn = jax.jit(
       lambda s, b: train_step(s, b, model=model, tx=tx, loss_fn=spec.loss, config=config),
       in_shardings=(replicated, batch_sharding), out_shardings=(replicated, replicated), donate_argnums=(0,))
-  one_device = jax.local_devices()[0]
   predict = _make_predictor(model, config)
 
   def evaluate(params, out_dir=None):
-    # Validation runs on one device: windows of one volume are too few to shard usefully.
-    p1 = jax.device_put(params, one_device)
-    return spec.evaluate(predict, p1, val_cases, val_entries, config, out_dir)
+    # Validation runs on this process's first device (its copy of the replicated params): windows of one
+    # volume are too few to shard usefully. Every process computes the same scores; process 0 writes files.
+    p1 = jax.tree.map(lambda a: a.addressable_data(0), params)
+    return spec.evaluate(predict, p1, val_cases, val_entries, config, out_dir if main_process else None)
 
   history = []
   start = int(state["step"])
@@ -150,7 +166,7 @@ def run(config, workdir, spec: TaskSpec) -> dict:
   t_log, acc = time.time(), []
   for step in range(start, total_steps):
     batch = task_data.train_batch(train_cases, step, config)
-    batch = jax.device_put(batch, batch_sharding)
+    batch = _global(batch, batch_sharding)
     state, metrics = step_fn(state, batch)
     # Fetching the metrics blocks on every step: avoids the CPU collective deadlock (JAX_NOTES.md).
     acc.append(jax.device_get(metrics))
@@ -171,6 +187,7 @@ def run(config, workdir, spec: TaskSpec) -> dict:
     if done % config.checkpoint_every == 0 or done == total_steps:
       latest.save(done, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=True)
   bar.close()
+  check_replicas(state["params"], int(state["step"]), log.line)
   latest.wait_until_finished()
   best.wait_until_finished()
 

@@ -37,6 +37,16 @@ def maybe_initialize_distributed(coordinator_address: str | None = None, num_pro
         jax.distributed.initialize()  # SLURM / Open MPI / explicit env: JAX reads the cluster itself
 
 
+def check_replicas(params, step: int, log) -> None:
+    """With several processes, assert that every process's replica of `params` is the same (per-leaf sums)."""
+    if jax.process_count() == 1:
+        return
+    # float32: process_allgather would turn float64 into float32 and never compare equal
+    sums = np.array([np.asarray(x.addressable_data(0)).sum() for x in jax.tree.leaves(params)], np.float32)
+    multihost_utils.assert_equal(sums, "the processes' parameter replicas differ")
+    log(f"replicas agree across {jax.process_count()} processes at step {step}")
+
+
 class _Preemption:
     """SIGTERM -> save and stop at the next step boundary (all hosts agree on which one)."""
 
@@ -58,7 +68,7 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._old)
 
 
-def _summary(step, metrics, n, seconds, batch_size, data_stats):
+def _summary(metrics, n, seconds, batch_size, data_stats):
     out = {k: v / n for k, v in metrics.items()}
     out["volumes_per_second"] = batch_size * n / max(seconds, 1e-9)
     out["step_seconds"] = seconds / n
@@ -143,7 +153,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
             # starting parameters, the baseline the correspondence accuracy should rise from.
             if step % config.log_every == 0 or step == config.total_steps or step == start + 1:
                 dt = time.perf_counter() - t0
-                last = _summary(step, acc, n_acc, dt, config.batch_size, data_lib.iterator_stats(data_iter))
+                last = _summary(acc, n_acc, dt, config.batch_size, data_lib.iterator_stats(data_iter))
                 logs.scalars(step, last)
                 acc, n_acc, t0 = {}, 0, time.perf_counter()
             stop = preempted(step)
@@ -158,13 +168,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
                     f"{skipped_in_a_row} consecutive steps had a non-finite loss or gradients; "
                     f"stopped at step {step} (checkpoint saved; the state is the last finite one). "
                     f"Lower optim.lr or check the data.")
-        if jax.process_count() > 1:
-            # Every process holds its own replica of the state: check they are still one.
-            # float32: process_allgather would turn float64 into float32 and never compare equal
-            sums = np.array([np.asarray(x.addressable_data(0)).sum() for x in jax.tree.leaves(state["params"])],
-                            np.float32)
-            multihost_utils.assert_equal(sums, "the processes' parameter replicas differ")
-            logs.line(f"replicas agree across {jax.process_count()} processes at step {step}")
+        check_replicas(state["params"], step, logs.line)
     finally:
         manager.wait_until_finished()
         manager.close()

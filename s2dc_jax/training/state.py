@@ -47,7 +47,7 @@ def init_state(config: ml_collections.ConfigDict, encoder: SwinTransformer3D,
     c = config.data.crop_size
     x = jnp.zeros((1, c, c, c, config.model.in_channels), jnp.float32)
     enc = encoder.init(k_enc, x)["params"]
-    feat_dim = encoder.apply({"params": enc}, x)[-1].shape[-1]
+    feat_dim = encoder.feature_size * 16  # the last of the four stages doubles the width four times
     params = {"encoder": enc, "heads": objectives.init_heads(k_head, feat_dim, config.ssl)}
     return {
         "step": jnp.zeros((), jnp.int32),
