@@ -18,4 +18,4 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from s2dc_jax.tasks import cli  # noqa: E402
 
 if __name__ == "__main__":
-  cli.main("classification", "finetune_classification.py", "configs/finetune/cc_ccii.py")
+    cli.main("classification", "finetune_classification.py", "configs/finetune/cc_ccii.py")

@@ -18,4 +18,4 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from s2dc_jax.tasks import cli  # noqa: E402
 
 if __name__ == "__main__":
-  cli.main("segmentation", "finetune_segmentation.py", "configs/finetune/btcv.py")
+    cli.main("segmentation", "finetune_segmentation.py", "configs/finetune/btcv.py")

@@ -21,62 +21,63 @@ from s2dc_jax.data.phantoms import write_phantom_dataset  # noqa: E402
 
 
 def test_classification_entry_point_beats_untrained(tmp_path):
-  # Classes: 0 normal, 1 focal liver lesions, 2 diffuse liver change; 45 scans -> 30 training, 15 validation.
-  dl = write_phantom_dataset(tmp_path / "data", num=45, modality="ct", shape=(32, 32, 32), seed=1,
-                             labels=False, targets=False)
-  work = tmp_path / "run"
-  evals, r = run_entry("classification", "cc_ccii.py:tiny", work, f"--config.data.datalist={dl}",
-                       "--config.data.target_key=class", "--config.data.a_min=-175", "--config.data.a_max=250",
-                       "--config.data.flip_prob=0", "--config.total_steps=80", "--config.eval_every=40",
-                       "--config.num_devices=2", "--config.batch_size=8", "--config.eval.at_start=True",
-                       "--config.model.use_v2=False")
-  assert r.returncode == 0, r.stderr[-3000:]
-  assert sorted(evals) == [0, 40, 80]
-  start, end = evals[0], evals[80]
-  print(f"classification: untrained accuracy {start['accuracy']:.3f} AUC {start['auc']:.3f} -> "
-        f"80 steps accuracy {end['accuracy']:.3f} AUC {end['auc']:.3f}")
-  assert end["accuracy"] >= start["accuracy"] + 0.2 and end["accuracy"] >= 0.6, (start, end)
-  assert end["auc"] >= start["auc"] + 0.2 and end["auc"] >= 0.8, (start, end)
-  rows = (work / "predictions" / "predictions.csv").read_text().splitlines()
-  assert rows[0].startswith("path,label,pred") and len(rows) == 1 + 15  # fold 0 of 3 over 45 scans
-  probs = np.array([[float(v) for v in row.split(",")[3:]] for row in rows[1:]])
-  np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
-  assert "30 training and 15 validation cases" in (work / "log.txt").read_text()
+    # Classes: 0 normal, 1 focal liver lesions, 2 diffuse liver change; 45 scans -> 30 training, 15 validation.
+    dl = write_phantom_dataset(tmp_path / "data", num=45, modality="ct", shape=(32, 32, 32), seed=1,
+                               labels=False, targets=False)
+    work = tmp_path / "run"
+    evals, r = run_entry("classification", "cc_ccii.py:tiny", work, f"--config.data.datalist={dl}",
+                         "--config.data.target_key=class", "--config.data.a_min=-175", "--config.data.a_max=250",
+                         "--config.data.flip_prob=0", "--config.total_steps=80", "--config.eval_every=40",
+                         "--config.num_devices=2", "--config.batch_size=8", "--config.eval.at_start=True",
+                         "--config.model.use_v2=False")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted(evals) == [0, 40, 80]
+    start, end = evals[0], evals[80]
+    print(f"classification: untrained accuracy {start['accuracy']:.3f} AUC {start['auc']:.3f} -> "
+          f"80 steps accuracy {end['accuracy']:.3f} AUC {end['auc']:.3f}")
+    assert end["accuracy"] >= start["accuracy"] + 0.2 and end["accuracy"] >= 0.6, (start, end)
+    assert end["auc"] >= start["auc"] + 0.2 and end["auc"] >= 0.8, (start, end)
+    rows = (work / "predictions" / "predictions.csv").read_text().splitlines()
+    assert rows[0].startswith("path,label,pred") and len(rows) == 1 + 15  # fold 0 of 3 over 45 scans
+    probs = np.array([[float(v) for v in row.split(",")[3:]] for row in rows[1:]])
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
+    assert "30 training and 15 validation cases" in (work / "log.txt").read_text()
 
 
 def _free_port():
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
 
 
 def test_two_processes_match_one_process_with_two_devices(tmp_path):
-  """Multi-host fine-tuning: 2 processes x 1 device train the same model as 1 process x 2 devices."""
-  dl = write_phantom_dataset(tmp_path / "data", num=6, modality="ct", shape=(32, 32, 32), seed=2, labels=False,
-                             targets=False)
-  common = (f"--config.data.datalist={dl}", "--config.data.target_key=class", "--config.total_steps=3",
-            "--config.batch_size=2", "--config.model.use_v2=False")
-  _, r = run_entry("classification", "cc_ccii.py:tiny", tmp_path / "one", *common, devices=2)
-  assert r.returncode == 0, r.stderr[-3000:]
-  port = _free_port()
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
-  procs = [subprocess.Popen([sys.executable, str(REPO / "launch" / "finetune_classification.py"),
-                             f"--config={REPO}/configs/finetune/cc_ccii.py:tiny", f"--workdir={tmp_path / 'two'}",
-                             *common, f"--coordinator_address=localhost:{port}", "--num_processes=2",
-                             f"--process_id={i}"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-           for i in range(2)]
-  outs = []
-  try:
-    for p in procs:
-      outs.append(p.communicate(timeout=600)[0])
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()  # jax.distributed catches SIGTERM (JAX_NOTES.md)
-  for p, o in zip(procs, outs):
-    assert p.returncode == 0, o[-4000:]
-  log = (tmp_path / "two" / "log.txt").read_text()
-  assert "batch 2 over 2 devices" in log and "replicas agree across 2 processes at step 3" in log
-  read = lambda d: np.array([[float(v) for v in row.split(",")[3:]]  # noqa: E731
-                             for row in (d / "predictions" / "predictions.csv").read_text().splitlines()[1:]])
-  np.testing.assert_allclose(read(tmp_path / "two"), read(tmp_path / "one"), atol=1e-4)
+    """Multi-host fine-tuning: 2 processes x 1 device train the same model as 1 process x 2 devices."""
+    dl = write_phantom_dataset(tmp_path / "data", num=6, modality="ct", shape=(32, 32, 32), seed=2, labels=False,
+                               targets=False)
+    common = (f"--config.data.datalist={dl}", "--config.data.target_key=class", "--config.total_steps=3",
+              "--config.batch_size=2", "--config.model.use_v2=False")
+    _, r = run_entry("classification", "cc_ccii.py:tiny", tmp_path / "one", *common, devices=2)
+    assert r.returncode == 0, r.stderr[-3000:]
+    port = _free_port()
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    procs = [subprocess.Popen([sys.executable, str(REPO / "launch" / "finetune_classification.py"),
+                               f"--config={REPO}/configs/finetune/cc_ccii.py:tiny", f"--workdir={tmp_path / 'two'}",
+                               *common, f"--coordinator_address=localhost:{port}", "--num_processes=2",
+                               f"--process_id={i}"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    outs = []
+    try:
+        for p in procs:
+            outs.append(p.communicate(timeout=600)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()  # jax.distributed catches SIGTERM (JAX_NOTES.md)
+    for p, o in zip(procs, outs):
+        assert p.returncode == 0, o[-4000:]
+    log = (tmp_path / "two" / "log.txt").read_text()
+    assert "batch 2 over 2 devices" in log and "replicas agree across 2 processes at step 3" in log
+    read = lambda d: np.array([[float(v) for v in row.split(",")[3:]]  # noqa: E731
+                               for row in (d / "predictions" / "predictions.csv").read_text().splitlines()[1:]])
+    np.testing.assert_allclose(read(tmp_path / "two"), read(tmp_path / "one"), atol=1e-4)

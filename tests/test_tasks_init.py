@@ -22,135 +22,136 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _seg_config(in_channels=1, out_channels=3):
-  c = task_config.shrink(task_config.base_config("segmentation"))
-  c.model.in_channels, c.model.out_channels = in_channels, out_channels
-  c.model.use_v2 = True
-  return c
+    c = task_config.shrink(task_config.base_config("segmentation"))
+    c.model.in_channels, c.model.out_channels = in_channels, out_channels
+    c.model.use_v2 = True
+    return c
 
 
 def _fresh(c, seed=0):
-  model = build_model(c)
-  x = jnp.zeros((1, 32, 32, 32, c.model.in_channels))
-  return model, model.init(jax.random.PRNGKey(seed), x)["params"]
+    model = build_model(c)
+    x = jnp.zeros((1, 32, 32, 32, c.model.in_channels))
+    return model, model.init(jax.random.PRNGKey(seed), x)["params"]
 
 
 def _monai(c):
-  torch.manual_seed(0)
-  m = MonaiSwinUNETR(in_channels=c.model.in_channels, out_channels=c.model.out_channels,
-                     feature_size=c.model.feature_size, depths=tuple(c.model.depths),
-                     num_heads=tuple(c.model.num_heads), use_v2=True).eval()
-  # Non-trivial norms and biases so every mapped tensor matters in the comparison.
-  with torch.no_grad():
-    for name, p in m.named_parameters():
-      if name.endswith("bias") or "norm" in name:
-        p.add_(0.1 * torch.randn_like(p))
-  return m
+    torch.manual_seed(0)
+    m = MonaiSwinUNETR(in_channels=c.model.in_channels, out_channels=c.model.out_channels,
+                       feature_size=c.model.feature_size, depths=tuple(c.model.depths),
+                       num_heads=tuple(c.model.num_heads), use_v2=True).eval()
+    # Non-trivial norms and biases so every mapped tensor matters in the comparison.
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    return m
 
 
 def test_init_torch_pt_matches_monai_forward(tmp_path):
-  c = _seg_config()
-  ref = _monai(c)
-  path = tmp_path / "swinunetr.pt"
-  torch.save({"state_dict": ref.state_dict()}, path)
-  c.init.torch = str(path)
-  model, fresh = _fresh(c)
-  lines = []
-  params, report = initialize(fresh, c, log=lines.append)
-  assert not report.missing and not report.unexpected and not report.skipped
-  assert "loaded" in lines[-1] and f"loaded {len(report.matched)}" in lines[-1]
-  x = np.random.default_rng(0).normal(size=(1, 64, 64, 64, 1)).astype(np.float32)  # MONAI norms need > 1 voxel at the bottleneck
-  ours = np.asarray(model.apply({"params": params}, jnp.asarray(x)))
-  with torch.no_grad():
-    theirs = ref(torch.from_numpy(np.moveaxis(x, -1, 1))).numpy()
-  np.testing.assert_allclose(ours, np.moveaxis(theirs, 1, -1), atol=1e-4, rtol=0)
+    c = _seg_config()
+    ref = _monai(c)
+    path = tmp_path / "swinunetr.pt"
+    torch.save({"state_dict": ref.state_dict()}, path)
+    c.init.torch = str(path)
+    model, fresh = _fresh(c)
+    lines = []
+    params, report = initialize(fresh, c, log=lines.append)
+    assert not report.missing and not report.unexpected and not report.skipped
+    assert "loaded" in lines[-1] and f"loaded {len(report.matched)}" in lines[-1]
+    # MONAI's norms need more than one voxel at the bottleneck: 64^3.
+    x = np.random.default_rng(0).normal(size=(1, 64, 64, 64, 1)).astype(np.float32)
+    ours = np.asarray(model.apply({"params": params}, jnp.asarray(x)))
+    with torch.no_grad():
+        theirs = ref(torch.from_numpy(np.moveaxis(x, -1, 1))).numpy()
+    np.testing.assert_allclose(ours, np.moveaxis(theirs, 1, -1), atol=1e-4, rtol=0)
 
 
 def test_init_skip_first_layer_for_more_channels(tmp_path):
-  # 1-channel encoder weights into a 4-channel model (BraTS): only the input layers start fresh.
-  c1 = _seg_config(in_channels=1)
-  ref = _monai(c1)
-  enc = {k: v for k, v in ref.state_dict().items() if k.startswith("swinViT.")}
-  from safetensors.torch import save_file
-  path = tmp_path / "encoder.safetensors"
-  save_file({k: v.contiguous() for k, v in enc.items()}, str(path))
-  c4 = _seg_config(in_channels=4)
-  c4.init.torch = str(path)
-  _, fresh = _fresh(c4)
-  with pytest.raises(ValueError, match="shape mismatch"):
-    initialize(fresh, c4, log=lambda s: None)  # without init.skip the mismatch is an error, not silent
-  c4.init.skip = (r"patch_embed\.proj",)
-  params, report = initialize(fresh, c4, log=lambda s: None)
-  assert sorted(report.skipped) == ["swinViT.patch_embed.proj.bias", "swinViT.patch_embed.proj.weight"]
-  flat, flat0 = flatten_params(params), flatten_params(fresh)
-  np.testing.assert_array_equal(flat["swinViT/patch_embed/proj/kernel"], flat0["swinViT/patch_embed/proj/kernel"])
-  qkv = enc["swinViT.layers1.0.blocks.0.attn.qkv.weight"].numpy()
-  np.testing.assert_array_equal(flat["swinViT/layers1/blocks_0/attn/qkv/kernel"], qkv.T)
-  # The decoder is not in an encoder file: reported missing, kept fresh.
-  assert any(p.startswith("decoder1/") for p in report.missing)
-  np.testing.assert_array_equal(flat["out/conv/kernel"], flat0["out/conv/kernel"])
+    # 1-channel encoder weights into a 4-channel model (BraTS): only the input layers start fresh.
+    c1 = _seg_config(in_channels=1)
+    ref = _monai(c1)
+    enc = {k: v for k, v in ref.state_dict().items() if k.startswith("swinViT.")}
+    from safetensors.torch import save_file
+    path = tmp_path / "encoder.safetensors"
+    save_file({k: v.contiguous() for k, v in enc.items()}, str(path))
+    c4 = _seg_config(in_channels=4)
+    c4.init.torch = str(path)
+    _, fresh = _fresh(c4)
+    with pytest.raises(ValueError, match="shape mismatch"):
+        initialize(fresh, c4, log=lambda s: None)  # without init.skip the mismatch is an error, not silent
+    c4.init.skip = (r"patch_embed\.proj",)
+    params, report = initialize(fresh, c4, log=lambda s: None)
+    assert sorted(report.skipped) == ["swinViT.patch_embed.proj.bias", "swinViT.patch_embed.proj.weight"]
+    flat, flat0 = flatten_params(params), flatten_params(fresh)
+    np.testing.assert_array_equal(flat["swinViT/patch_embed/proj/kernel"], flat0["swinViT/patch_embed/proj/kernel"])
+    qkv = enc["swinViT.layers1.0.blocks.0.attn.qkv.weight"].numpy()
+    np.testing.assert_array_equal(flat["swinViT/layers1/blocks_0/attn/qkv/kernel"], qkv.T)
+    # The decoder is not in an encoder file: reported missing, kept fresh.
+    assert any(p.startswith("decoder1/") for p in report.missing)
+    np.testing.assert_array_equal(flat["out/conv/kernel"], flat0["out/conv/kernel"])
 
 
 def test_init_errors_name_the_field(tmp_path):
-  c = _seg_config()
-  _, fresh = _fresh(c)
-  c.init.torch = str(tmp_path / "nope.pt")
-  with pytest.raises(ValueError, match="init.torch"):
-    initialize(fresh, c, log=lambda s: None)
-  c.init.checkpoint = str(tmp_path)
-  c.data.datalist = "x.json"
-  with pytest.raises(ValueError, match="init.checkpoint and init.torch"):
-    task_config.validate(c, 2)
+    c = _seg_config()
+    _, fresh = _fresh(c)
+    c.init.torch = str(tmp_path / "nope.pt")
+    with pytest.raises(ValueError, match="init.torch"):
+        initialize(fresh, c, log=lambda s: None)
+    c.init.checkpoint = str(tmp_path)
+    c.data.datalist = "x.json"
+    with pytest.raises(ValueError, match="init.checkpoint and init.torch"):
+        task_config.validate(c, 2)
 
 
 @pytest.mark.slow  # one real pretraining step in a subprocess: minutes on a loaded 2-core CPU
 def test_init_checkpoint_from_pretrain_workdir(tmp_path):
-  # A real workdir from launch/pretrain.py (demo config, one step).
-  work = tmp_path / "pre"
-  cmd = [sys.executable, str(REPO / "launch" / "pretrain.py"), "--config=" + str(REPO / "configs" / "demo.py"),
-         f"--workdir={work}", "--config.total_steps=1", "--config.checkpoint_every=1",
-         "--config.data.phantoms=2", "--config.batch_size=2"]
-  env = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-         "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-  r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
-  assert r.returncode == 0, r.stderr[-3000:]
-  from s2dc_jax.training.checkpoint import load_student
-  student, step = load_student(work)
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("demo", REPO / "configs" / "demo.py")
-  demo = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(demo)
-  d = demo.get_config()
-  c = _seg_config()
-  c.model.feature_size, c.model.depths, c.model.num_heads = d.model.feature_size, d.model.depths, d.model.num_heads
-  c.model.use_v2, c.model.window_size = d.model.use_v2, d.model.window_size
-  c.init.checkpoint = str(work)
-  _, fresh = _fresh(c, seed=3)
-  params, report = initialize(fresh, c, log=lambda s: None)
-  ours, theirs = flatten_params(params["swinViT"]), flatten_params(student["encoder"])
-  assert set(ours) == set(theirs) and not report.skipped
-  for k in theirs:
-    np.testing.assert_array_equal(np.asarray(ours[k]), np.asarray(theirs[k]), err_msg=k)
-  # And they are not what a fresh init gives, so the comparison above means something.
-  assert not np.allclose(flatten_params(fresh["swinViT"])["patch_embed/proj/kernel"],
-                         theirs["patch_embed/proj/kernel"])
+    # A real workdir from launch/pretrain.py (demo config, one step).
+    work = tmp_path / "pre"
+    cmd = [sys.executable, str(REPO / "launch" / "pretrain.py"), "--config=" + str(REPO / "configs" / "demo.py"),
+           f"--workdir={work}", "--config.total_steps=1", "--config.checkpoint_every=1",
+           "--config.data.phantoms=2", "--config.batch_size=2"]
+    env = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+           "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    from s2dc_jax.training.checkpoint import load_student
+    student, step = load_student(work)
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("demo", REPO / "configs" / "demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    d = demo.get_config()
+    c = _seg_config()
+    c.model.feature_size, c.model.depths, c.model.num_heads = d.model.feature_size, d.model.depths, d.model.num_heads
+    c.model.use_v2, c.model.window_size = d.model.use_v2, d.model.window_size
+    c.init.checkpoint = str(work)
+    _, fresh = _fresh(c, seed=3)
+    params, report = initialize(fresh, c, log=lambda s: None)
+    ours, theirs = flatten_params(params["swinViT"]), flatten_params(student["encoder"])
+    assert set(ours) == set(theirs) and not report.skipped
+    for k in theirs:
+        np.testing.assert_array_equal(np.asarray(ours[k]), np.asarray(theirs[k]), err_msg=k)
+    # And they are not what a fresh init gives, so the comparison above means something.
+    assert not np.allclose(flatten_params(fresh["swinViT"])["patch_embed/proj/kernel"],
+                           theirs["patch_embed/proj/kernel"])
 
 
 @pytest.mark.parametrize("orientation", ["RAS", "LPS", "PIL"])
 def test_prediction_nifti_keeps_affine_and_orientation(tmp_path, orientation):
-  rng = np.random.default_rng(0)
-  vol = rng.normal(size=(10, 12, 7)).astype(np.float32)
-  src = io.save_volume(tmp_path / f"img_{orientation}.nii.gz", vol, spacing=(1.5, 0.8, 2.5),
-                       orientation=orientation)
-  ras, meta = io.load_volume(src)
-  pred = (ras > 0).astype(np.uint8)  # a voxel-wise "prediction" in RAS order
-  out = task_data.save_prediction(tmp_path / "pred.nii.gz", pred, meta["path"], dtype=np.uint8)
-  a, b = nib.load(src), nib.load(out)
-  np.testing.assert_allclose(b.affine, a.affine)
-  assert nib.aff2axcodes(b.affine) == tuple(orientation)
-  # Stored voxel for voxel in the source's own order.
-  np.testing.assert_array_equal(np.asarray(b.dataobj), (np.asarray(a.dataobj) > 0).astype(np.uint8))
-  # And back through the loader: the same RAS prediction.
-  back, _ = io.load_volume(out)
-  np.testing.assert_array_equal(back, pred)
-  with pytest.raises(ValueError, match="does not match"):
-    task_data.save_prediction(tmp_path / "bad.nii.gz", pred[:-1], meta["path"])
+    rng = np.random.default_rng(0)
+    vol = rng.normal(size=(10, 12, 7)).astype(np.float32)
+    src = io.save_volume(tmp_path / f"img_{orientation}.nii.gz", vol, spacing=(1.5, 0.8, 2.5),
+                         orientation=orientation)
+    ras, meta = io.load_volume(src)
+    pred = (ras > 0).astype(np.uint8)  # a voxel-wise "prediction" in RAS order
+    out = task_data.save_prediction(tmp_path / "pred.nii.gz", pred, meta["path"], dtype=np.uint8)
+    a, b = nib.load(src), nib.load(out)
+    np.testing.assert_allclose(b.affine, a.affine)
+    assert nib.aff2axcodes(b.affine) == tuple(orientation)
+    # Stored voxel for voxel in the source's own order.
+    np.testing.assert_array_equal(np.asarray(b.dataobj), (np.asarray(a.dataobj) > 0).astype(np.uint8))
+    # And back through the loader: the same RAS prediction.
+    back, _ = io.load_volume(out)
+    np.testing.assert_array_equal(back, pred)
+    with pytest.raises(ValueError, match="does not match"):
+        task_data.save_prediction(tmp_path / "bad.nii.gz", pred[:-1], meta["path"])

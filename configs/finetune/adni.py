@@ -12,15 +12,15 @@ from s2dc_jax.tasks.config import base_config, variant
 
 
 def get_config(arg=None):
-  """adni fine-tuning config; arg 'tiny' shrinks it for a smoke run."""
-  c = base_config("classification")
-  c.model.in_channels, c.model.out_channels = 1, 3
-  c.data.modality, c.data.intensity = "pet", "zscore"
-  c.data.roi = (96, 96, 96)
-  c.data.num_folds, c.data.fold = 5, 0
-  c.data.subject_key = "subject"  # scans of one subject never straddle train and validation
-  c.data.flip_prob = 0.5
-  c.batch_size = 8
-  c.epochs = 300
-  c.eval_every = 100
-  return variant(c, arg)
+    """adni fine-tuning config; arg 'tiny' shrinks it for a smoke run."""
+    c = base_config("classification")
+    c.model.in_channels, c.model.out_channels = 1, 3
+    c.data.modality, c.data.intensity = "pet", "zscore"
+    c.data.roi = (96, 96, 96)
+    c.data.num_folds, c.data.fold = 5, 0
+    c.data.subject_key = "subject"  # scans of one subject never straddle train and validation
+    c.data.flip_prob = 0.5
+    c.batch_size = 8
+    c.epochs = 300
+    c.eval_every = 100
+    return variant(c, arg)

@@ -12,11 +12,11 @@ from s2dc_jax.tasks.config import base_config, variant
 
 
 def get_config(arg=None):
-  """autopet fine-tuning config; arg 'tiny' shrinks it for a smoke run."""
-  c = base_config("segmentation")
-  c.model.in_channels, c.model.out_channels = 1, 2
-  c.data.modality, c.data.intensity = "pet", "zscore"
-  c.data.spacing = (2.0, 2.0, 3.0)
-  c.data.val_fraction = 0.2
-  c.epochs = 400
-  return variant(c, arg)
+    """autopet fine-tuning config; arg 'tiny' shrinks it for a smoke run."""
+    c = base_config("segmentation")
+    c.model.in_channels, c.model.out_channels = 1, 2
+    c.data.modality, c.data.intensity = "pet", "zscore"
+    c.data.spacing = (2.0, 2.0, 3.0)
+    c.data.val_fraction = 0.2
+    c.epochs = 400
+    return variant(c, arg)

@@ -12,14 +12,14 @@ from s2dc_jax.tasks.config import base_config, variant
 
 
 def get_config(arg=None):
-  """brats21 fine-tuning config; arg 'tiny' shrinks it for a smoke run."""
-  c = base_config("segmentation")
-  c.model.in_channels, c.model.out_channels = 4, 4
-  c.data.modality, c.data.intensity = "mri", "zscore_nonzero"
-  c.data.spacing = (1.0, 1.0, 1.0)
-  c.data.label_map = ((4, 3),)
-  c.data.val_fraction = 0.2
-  c.epochs = 300
-  # Channel count differs from pretraining: the input layers start fresh.
-  c.init.skip = (r"patch_embed\.proj", r"encoder1\.layer\.conv[13]")
-  return variant(c, arg)
+    """brats21 fine-tuning config; arg 'tiny' shrinks it for a smoke run."""
+    c = base_config("segmentation")
+    c.model.in_channels, c.model.out_channels = 4, 4
+    c.data.modality, c.data.intensity = "mri", "zscore_nonzero"
+    c.data.spacing = (1.0, 1.0, 1.0)
+    c.data.label_map = ((4, 3),)
+    c.data.val_fraction = 0.2
+    c.epochs = 300
+    # Channel count differs from pretraining: the input layers start fresh.
+    c.init.skip = (r"patch_embed\.proj", r"encoder1\.layer\.conv[13]")
+    return variant(c, arg)

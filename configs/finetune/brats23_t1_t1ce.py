@@ -12,11 +12,11 @@ from s2dc_jax.tasks.config import base_config, variant
 
 
 def get_config(arg=None):
-  """brats23_t1_t1ce fine-tuning config; arg 'tiny' shrinks it for a smoke run."""
-  c = base_config("translation")
-  c.model.in_channels, c.model.out_channels = 1, 1
-  c.data.modality, c.data.intensity, c.data.target_intensity = "mri", "minmax", "minmax"
-  c.data.spacing = (1.0, 1.0, 1.0)
-  c.data.val_fraction = 0.2
-  c.epochs = 300
-  return variant(c, arg)
+    """brats23_t1_t1ce fine-tuning config; arg 'tiny' shrinks it for a smoke run."""
+    c = base_config("translation")
+    c.model.in_channels, c.model.out_channels = 1, 1
+    c.data.modality, c.data.intensity, c.data.target_intensity = "mri", "minmax", "minmax"
+    c.data.spacing = (1.0, 1.0, 1.0)
+    c.data.val_fraction = 0.2
+    c.epochs = 300
+    return variant(c, arg)

@@ -12,11 +12,11 @@ from s2dc_jax.tasks.config import base_config, variant
 
 
 def get_config(arg=None):
-  """btcv fine-tuning config; arg 'tiny' shrinks it for a smoke run."""
-  c = base_config("segmentation")
-  c.model.in_channels, c.model.out_channels = 1, 14
-  c.data.modality, c.data.intensity = "ct", "window"
-  c.data.spacing = (1.5, 1.5, 2.0)
-  c.data.a_min, c.data.a_max = -175.0, 250.0
-  c.epochs = 3000
-  return variant(c, arg)
+    """btcv fine-tuning config; arg 'tiny' shrinks it for a smoke run."""
+    c = base_config("segmentation")
+    c.model.in_channels, c.model.out_channels = 1, 14
+    c.data.modality, c.data.intensity = "ct", "window"
+    c.data.spacing = (1.5, 1.5, 2.0)
+    c.data.a_min, c.data.a_max = -175.0, 250.0
+    c.epochs = 3000
+    return variant(c, arg)

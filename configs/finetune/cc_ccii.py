@@ -12,15 +12,15 @@ from s2dc_jax.tasks.config import base_config, variant
 
 
 def get_config(arg=None):
-  """cc_ccii fine-tuning config; arg 'tiny' shrinks it for a smoke run."""
-  c = base_config("classification")
-  c.model.in_channels, c.model.out_channels = 1, 3
-  c.data.modality, c.data.intensity = "ct", "window"
-  c.data.a_min, c.data.a_max = -1000.0, 1000.0
-  c.data.roi = (128, 128, 64)
-  c.data.num_folds, c.data.fold = 3, 0
-  c.data.flip_prob = 0.5
-  c.batch_size = 8
-  c.epochs = 100
-  c.eval_every = 100
-  return variant(c, arg)
+    """cc_ccii fine-tuning config; arg 'tiny' shrinks it for a smoke run."""
+    c = base_config("classification")
+    c.model.in_channels, c.model.out_channels = 1, 3
+    c.data.modality, c.data.intensity = "ct", "window"
+    c.data.a_min, c.data.a_max = -1000.0, 1000.0
+    c.data.roi = (128, 128, 64)
+    c.data.num_folds, c.data.fold = 3, 0
+    c.data.flip_prob = 0.5
+    c.batch_size = 8
+    c.epochs = 100
+    c.eval_every = 100
+    return variant(c, arg)

@@ -12,12 +12,12 @@ from s2dc_jax.tasks.config import base_config, variant
 
 
 def get_config(arg=None):
-  """msd_lung fine-tuning config; arg 'tiny' shrinks it for a smoke run."""
-  c = base_config("segmentation")
-  c.model.in_channels, c.model.out_channels = 1, 2
-  c.data.modality, c.data.intensity = "ct", "window"
-  c.data.spacing = (1.5, 1.5, 2.0)
-  c.data.a_min, c.data.a_max = -1000.0, 1000.0
-  c.data.val_fraction = 0.2
-  c.epochs = 1000
-  return variant(c, arg)
+    """msd_lung fine-tuning config; arg 'tiny' shrinks it for a smoke run."""
+    c = base_config("segmentation")
+    c.model.in_channels, c.model.out_channels = 1, 2
+    c.data.modality, c.data.intensity = "ct", "window"
+    c.data.spacing = (1.5, 1.5, 2.0)
+    c.data.a_min, c.data.a_max = -1000.0, 1000.0
+    c.data.val_fraction = 0.2
+    c.epochs = 1000
+    return variant(c, arg)

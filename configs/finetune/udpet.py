@@ -12,10 +12,10 @@ from s2dc_jax.tasks.config import base_config, variant
 
 
 def get_config(arg=None):
-  """udpet fine-tuning config; arg 'tiny' shrinks it for a smoke run."""
-  c = base_config("reconstruction")
-  c.model.in_channels, c.model.out_channels = 1, 1
-  c.data.modality, c.data.intensity, c.data.target_intensity = "pet", "minmax", "minmax"
-  c.data.val_fraction = 0.2
-  c.epochs = 300
-  return variant(c, arg)
+    """udpet fine-tuning config; arg 'tiny' shrinks it for a smoke run."""
+    c = base_config("reconstruction")
+    c.model.in_channels, c.model.out_channels = 1, 1
+    c.data.modality, c.data.intensity, c.data.target_intensity = "pet", "minmax", "minmax"
+    c.data.val_fraction = 0.2
+    c.epochs = 300
+    return variant(c, arg)

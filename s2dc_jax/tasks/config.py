@@ -11,148 +11,148 @@ BLEND = ("constant", "gaussian")
 
 
 def base_config(task: str) -> ml_collections.ConfigDict:
-  """Defaults of one task; dataset configs override what their published setup says."""
-  if task not in TASKS:
-    raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-  c = ml_collections.ConfigDict()
-  c.task = task
-  c.seed = 0
-  c.epochs = 100
-  c.total_steps = 0           # > 0 overrides epochs * steps_per_epoch
-  c.batch_size = 2            # global samples (crops) per step; a multiple of the devices used
-  c.num_devices = 0           # 0: every local device
-  c.log_every = 50
-  c.eval_every = 500          # steps; evaluation also runs after the last step
-  c.checkpoint_every = 500
-  c.keep_checkpoints = 2
+    """Defaults of one task; dataset configs override what their published setup says."""
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    c = ml_collections.ConfigDict()
+    c.task = task
+    c.seed = 0
+    c.epochs = 100
+    c.total_steps = 0           # > 0 overrides epochs * steps_per_epoch
+    c.batch_size = 2            # global samples (crops) per step; a multiple of the devices used
+    c.num_devices = 0           # 0: every local device
+    c.log_every = 50
+    c.eval_every = 500          # steps; evaluation also runs after the last step
+    c.checkpoint_every = 500
+    c.keep_checkpoints = 2
 
-  c.model = ml_collections.ConfigDict()
-  c.model.feature_size = 48
-  c.model.depths = (2, 2, 2, 2)
-  c.model.num_heads = (3, 6, 12, 24)
-  c.model.window_size = 7
-  c.model.patch_size = 2
-  c.model.in_channels = 1
-  c.model.out_channels = 2    # classes (segmentation, classification) or output channels
-  c.model.use_v2 = True
-  c.model.remat = False
-  c.model.dtype = "float32"
-  c.model.head_hidden = 512   # classification MLP width
+    c.model = ml_collections.ConfigDict()
+    c.model.feature_size = 48
+    c.model.depths = (2, 2, 2, 2)
+    c.model.num_heads = (3, 6, 12, 24)
+    c.model.window_size = 7
+    c.model.patch_size = 2
+    c.model.in_channels = 1
+    c.model.out_channels = 2    # classes (segmentation, classification) or output channels
+    c.model.use_v2 = True
+    c.model.remat = False
+    c.model.dtype = "float32"
+    c.model.head_hidden = 512   # classification MLP width
 
-  c.data = ml_collections.ConfigDict()
-  c.data.datalist = ml_collections.config_dict.placeholder(str)
-  c.data.root = ml_collections.config_dict.placeholder(str)
-  c.data.train_key = "training"
-  c.data.val_key = "validation"
-  # Entry field holding the target: label map, class index or target image.
-  c.data.target_key = "target" if task in ("translation", "reconstruction") else "label"
-  c.data.modality = "ct"
-  c.data.spacing = ml_collections.config_dict.placeholder(tuple)  # mm (x, y, z); None keeps the file's
-  c.data.intensity = "window"
-  c.data.a_min, c.data.a_max = -175.0, 250.0   # the window mapped to [b_min, b_max]
-  c.data.b_min, c.data.b_max = 0.0, 1.0
-  c.data.target_intensity = "minmax"           # translation / reconstruction targets
-  c.data.roi = (96, 96, 96)                    # training crop, inference window
-  c.data.label_map = ()                        # ((from, to), ...) applied to label maps, e.g. BraTS 4 -> 3
-  c.data.pos_ratio = 0.5                       # fraction of crops centred on foreground
-  c.data.flip_prob = 0.1                       # per-axis random flip of training crops
-  c.data.num_folds = 0                         # > 0: k-fold split of the training list
-  c.data.fold = 0
-  c.data.subject_key = ml_collections.config_dict.placeholder(str)  # split by subject, not by scan
-  c.data.val_fraction = 0.0                    # > 0 and no validation list: hold out this share
+    c.data = ml_collections.ConfigDict()
+    c.data.datalist = ml_collections.config_dict.placeholder(str)
+    c.data.root = ml_collections.config_dict.placeholder(str)
+    c.data.train_key = "training"
+    c.data.val_key = "validation"
+    # Entry field holding the target: label map, class index or target image.
+    c.data.target_key = "target" if task in ("translation", "reconstruction") else "label"
+    c.data.modality = "ct"
+    c.data.spacing = ml_collections.config_dict.placeholder(tuple)  # mm (x, y, z); None keeps the file's
+    c.data.intensity = "window"
+    c.data.a_min, c.data.a_max = -175.0, 250.0   # the window mapped to [b_min, b_max]
+    c.data.b_min, c.data.b_max = 0.0, 1.0
+    c.data.target_intensity = "minmax"           # translation / reconstruction targets
+    c.data.roi = (96, 96, 96)                    # training crop, inference window
+    c.data.label_map = ()                        # ((from, to), ...) applied to label maps, e.g. BraTS 4 -> 3
+    c.data.pos_ratio = 0.5                       # fraction of crops centred on foreground
+    c.data.flip_prob = 0.1                       # per-axis random flip of training crops
+    c.data.num_folds = 0                         # > 0: k-fold split of the training list
+    c.data.fold = 0
+    c.data.subject_key = ml_collections.config_dict.placeholder(str)  # split by subject, not by scan
+    c.data.val_fraction = 0.0                    # > 0 and no validation list: hold out this share
 
-  c.eval = ml_collections.ConfigDict()
-  c.eval.overlap = 0.75
-  c.eval.mode = "gaussian"
-  c.eval.sw_batch_size = 4
-  c.eval.save_predictions = True
-  c.eval.ssim_win = 7
-  c.eval.at_start = False        # also evaluate before the first step (the untrained baseline)
+    c.eval = ml_collections.ConfigDict()
+    c.eval.overlap = 0.75
+    c.eval.mode = "gaussian"
+    c.eval.sw_batch_size = 4
+    c.eval.save_predictions = True
+    c.eval.ssim_win = 7
+    c.eval.at_start = False        # also evaluate before the first step (the untrained baseline)
 
-  c.loss = ml_collections.ConfigDict()
-  c.loss.name = LOSSES[task][0]
-  c.loss.dice_weight = 1.0
-  c.loss.ce_weight = 1.0
+    c.loss = ml_collections.ConfigDict()
+    c.loss.name = LOSSES[task][0]
+    c.loss.dice_weight = 1.0
+    c.loss.ce_weight = 1.0
 
-  c.optim = ml_collections.ConfigDict()
-  c.optim.lr = 1e-4
-  c.optim.weight_decay = 1e-5
-  c.optim.warmup_steps = 0
-  c.optim.grad_clip = 0.0
-  c.optim.schedule = "cosine"   # 'cosine' or 'constant'
+    c.optim = ml_collections.ConfigDict()
+    c.optim.lr = 1e-4
+    c.optim.weight_decay = 1e-5
+    c.optim.warmup_steps = 0
+    c.optim.grad_clip = 0.0
+    c.optim.schedule = "cosine"   # 'cosine' or 'constant'
 
-  c.init = ml_collections.ConfigDict()
-  c.init.checkpoint = ml_collections.config_dict.placeholder(str)
-  c.init.step = ml_collections.config_dict.placeholder(int)
-  c.init.torch = ml_collections.config_dict.placeholder(str)
-  c.init.skip = ()             # regexes on parameter paths ('swinViT/patch_embed/.*') not to load
-  return c
+    c.init = ml_collections.ConfigDict()
+    c.init.checkpoint = ml_collections.config_dict.placeholder(str)
+    c.init.step = ml_collections.config_dict.placeholder(int)
+    c.init.torch = ml_collections.config_dict.placeholder(str)
+    c.init.skip = ()             # regexes on parameter paths ('swinViT/patch_embed/.*') not to load
+    return c
 
 
 def shrink(c: ml_collections.ConfigDict, roi=(32, 32, 32), steps: int = 40) -> ml_collections.ConfigDict:
-  """The ':tiny' variant of a dataset config: a small model and a few steps for a smoke run."""
-  c.model.feature_size = 12
-  c.model.num_heads = (1, 2, 2, 4)
-  c.model.depths = (1, 1, 1, 1)
-  c.model.head_hidden = 32
-  c.data.roi = tuple(roi)
-  c.data.spacing = None
-  c.total_steps = steps
-  c.batch_size = 2
-  c.log_every = 10
-  c.eval_every = steps
-  c.checkpoint_every = steps
-  c.eval.sw_batch_size = 2
-  # Measured on CT phantoms: the tiny classifier trained from scratch stalls at chance with AdamW 2e-3 and
-  # learns at 3e-4; the dense tasks' SwinUNETR learns fastest at 2e-3.
-  c.optim.lr = 3e-4 if c.task == "classification" else 2e-3
-  c.optim.warmup_steps = 0
-  c.optim.schedule = "constant"
-  return c
+    """The ':tiny' variant of a dataset config: a small model and a few steps for a smoke run."""
+    c.model.feature_size = 12
+    c.model.num_heads = (1, 2, 2, 4)
+    c.model.depths = (1, 1, 1, 1)
+    c.model.head_hidden = 32
+    c.data.roi = tuple(roi)
+    c.data.spacing = None
+    c.total_steps = steps
+    c.batch_size = 2
+    c.log_every = 10
+    c.eval_every = steps
+    c.checkpoint_every = steps
+    c.eval.sw_batch_size = 2
+    # Measured on CT phantoms: the tiny classifier trained from scratch stalls at chance with AdamW 2e-3 and
+    # learns at 3e-4; the dense tasks' SwinUNETR learns fastest at 2e-3.
+    c.optim.lr = 3e-4 if c.task == "classification" else 2e-3
+    c.optim.warmup_steps = 0
+    c.optim.schedule = "constant"
+    return c
 
 
 def variant(c: ml_collections.ConfigDict, arg) -> ml_collections.ConfigDict:
-  """A dataset config file's variant: '' or None (its published setup) or 'tiny' (`shrink`)."""
-  if arg == "tiny":
-    return shrink(c)
-  if arg:
-    raise ValueError(f"config variant must be '' or 'tiny', got {arg!r}")
-  return c
+    """A dataset config file's variant: '' or None (its published setup) or 'tiny' (`shrink`)."""
+    if arg == "tiny":
+        return shrink(c)
+    if arg:
+        raise ValueError(f"config variant must be '' or 'tiny', got {arg!r}")
+    return c
 
 
 def _choice(value, allowed, field):
-  if value not in allowed:
-    raise ValueError(f"{field} must be one of {tuple(allowed)}, got {value!r}")
+    if value not in allowed:
+        raise ValueError(f"{field} must be one of {tuple(allowed)}, got {value!r}")
 
 
 def validate(c: ml_collections.ConfigDict, num_devices: int) -> None:
-  """ValueError naming the field for any config this library cannot run."""
-  _choice(c.task, TASKS, "task")
-  _choice(c.loss.name, LOSSES[c.task], "loss.name")
-  _choice(c.data.intensity, INTENSITY, "data.intensity")
-  _choice(c.data.target_intensity, INTENSITY, "data.target_intensity")
-  _choice(c.eval.mode, BLEND, "eval.mode")
-  _choice(c.optim.schedule, ("cosine", "constant"), "optim.schedule")
-  _choice(c.model.dtype, ("float32", "bfloat16"), "model.dtype")
-  if not c.data.datalist:
-    raise ValueError("data.datalist must be set to a MONAI/Decathlon JSON file")
-  if c.batch_size < 1 or c.batch_size % num_devices:
-    raise ValueError(f"batch_size ({c.batch_size}) must be a positive multiple of the {num_devices} devices used "
-                     "(set num_devices to use fewer)")
-  if len(tuple(c.data.roi)) != 3 or min(c.data.roi) < 1:
-    raise ValueError(f"data.roi must be 3 positive sizes (x, y, z), got {c.data.roi}")
-  div = c.model.patch_size ** 5
-  if any(r % div for r in c.data.roi):
-    raise ValueError(f"data.roi {tuple(c.data.roi)} must be divisible by patch_size**5 = {div}")
-  if not 0.0 <= c.eval.overlap < 1.0:
-    raise ValueError(f"eval.overlap must be in [0, 1), got {c.eval.overlap}")
-  if not 0.0 <= c.data.pos_ratio <= 1.0:
-    raise ValueError(f"data.pos_ratio must be in [0, 1], got {c.data.pos_ratio}")
-  if c.data.num_folds and not 0 <= c.data.fold < c.data.num_folds:
-    raise ValueError(f"data.fold must be in [0, {c.data.num_folds}), got {c.data.fold}")
-  if c.data.spacing is not None and (len(tuple(c.data.spacing)) != 3 or min(c.data.spacing) <= 0):
-    raise ValueError(f"data.spacing must be None or 3 positive mm values, got {c.data.spacing}")
-  if c.init.checkpoint and c.init.torch:
-    raise ValueError("set at most one of init.checkpoint and init.torch")
-  if c.model.out_channels < 1 or (c.task in ("segmentation", "classification") and c.model.out_channels < 2):
-    raise ValueError(f"model.out_channels must be >= 2 classes for {c.task}, got {c.model.out_channels}")
+    """ValueError naming the field for any config this library cannot run."""
+    _choice(c.task, TASKS, "task")
+    _choice(c.loss.name, LOSSES[c.task], "loss.name")
+    _choice(c.data.intensity, INTENSITY, "data.intensity")
+    _choice(c.data.target_intensity, INTENSITY, "data.target_intensity")
+    _choice(c.eval.mode, BLEND, "eval.mode")
+    _choice(c.optim.schedule, ("cosine", "constant"), "optim.schedule")
+    _choice(c.model.dtype, ("float32", "bfloat16"), "model.dtype")
+    if not c.data.datalist:
+        raise ValueError("data.datalist must be set to a MONAI/Decathlon JSON file")
+    if c.batch_size < 1 or c.batch_size % num_devices:
+        raise ValueError(f"batch_size ({c.batch_size}) must be a positive multiple of the {num_devices} devices used "
+                         "(set num_devices to use fewer)")
+    if len(tuple(c.data.roi)) != 3 or min(c.data.roi) < 1:
+        raise ValueError(f"data.roi must be 3 positive sizes (x, y, z), got {c.data.roi}")
+    div = c.model.patch_size ** 5
+    if any(r % div for r in c.data.roi):
+        raise ValueError(f"data.roi {tuple(c.data.roi)} must be divisible by patch_size**5 = {div}")
+    if not 0.0 <= c.eval.overlap < 1.0:
+        raise ValueError(f"eval.overlap must be in [0, 1), got {c.eval.overlap}")
+    if not 0.0 <= c.data.pos_ratio <= 1.0:
+        raise ValueError(f"data.pos_ratio must be in [0, 1], got {c.data.pos_ratio}")
+    if c.data.num_folds and not 0 <= c.data.fold < c.data.num_folds:
+        raise ValueError(f"data.fold must be in [0, {c.data.num_folds}), got {c.data.fold}")
+    if c.data.spacing is not None and (len(tuple(c.data.spacing)) != 3 or min(c.data.spacing) <= 0):
+        raise ValueError(f"data.spacing must be None or 3 positive mm values, got {c.data.spacing}")
+    if c.init.checkpoint and c.init.torch:
+        raise ValueError("set at most one of init.checkpoint and init.torch")
+    if c.model.out_channels < 1 or (c.task in ("segmentation", "classification") and c.model.out_channels < 2):
+        raise ValueError(f"model.out_channels must be >= 2 classes for {c.task}, got {c.model.out_channels}")

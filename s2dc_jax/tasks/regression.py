@@ -12,37 +12,37 @@ from s2dc_jax.tasks.segmentation import prediction_name
 
 
 def loss(pred, target, config):
-  """L1 or MSE (config.loss.name) of pred f32[B, X, Y, Z, C] against the target image."""
-  return losses.regression_loss(pred, target, config.loss.name)
+    """L1 or MSE (config.loss.name) of pred f32[B, X, Y, Z, C] against the target image."""
+    return losses.regression_loss(pred, target, config.loss.name)
 
 
 def evaluate(predict, params, cases, entries, config, out_dir=None) -> dict:
-  """Sliding-window prediction of each validation volume; mean PSNR, SSIM and NRMSE over volumes.
+    """Sliding-window prediction of each validation volume; mean PSNR, SSIM and NRMSE over volumes.
 
-  The data range of PSNR/SSIM is the target's own range (max - min) per volume.
-  """
-  rows = []
-  for case, entry in zip(cases, entries):
-    pred = np.asarray(predict(params, jnp.asarray(case.image[None])))[0]  # f32[X, Y, Z, C]
-    tgt = case.target
-    dr = float(tgt.max() - tgt.min()) or 1.0
-    ssim = np.mean([float(metrics.ssim3d(pred[..., c], tgt[..., c], dr, win_size=config.eval.ssim_win))
-                    for c in range(tgt.shape[-1])])
-    rows.append((float(metrics.psnr(pred, tgt, dr)), ssim, float(metrics.nrmse(pred, tgt))))
-    if out_dir is not None:
-      raw = task_data.to_raw_grid(pred, case.meta, order=1)
-      raw = raw[..., 0] if raw.shape[-1] == 1 else raw
-      task_data.save_prediction(Path(out_dir) / prediction_name(entry, "pred"), raw, case.meta["path"],
-                                dtype=np.float32)
-  r = np.asarray(rows)
-  return {"psnr": float(r[:, 0].mean()), "ssim": float(r[:, 1].mean()), "nrmse": float(r[:, 2].mean())}
+    The data range of PSNR/SSIM is the target's own range (max - min) per volume.
+    """
+    rows = []
+    for case, entry in zip(cases, entries):
+        pred = np.asarray(predict(params, jnp.asarray(case.image[None])))[0]  # f32[X, Y, Z, C]
+        tgt = case.target
+        dr = float(tgt.max() - tgt.min()) or 1.0
+        ssim = np.mean([float(metrics.ssim3d(pred[..., c], tgt[..., c], dr, win_size=config.eval.ssim_win))
+                        for c in range(tgt.shape[-1])])
+        rows.append((float(metrics.psnr(pred, tgt, dr)), ssim, float(metrics.nrmse(pred, tgt))))
+        if out_dir is not None:
+            raw = task_data.to_raw_grid(pred, case.meta, order=1)
+            raw = raw[..., 0] if raw.shape[-1] == 1 else raw
+            task_data.save_prediction(Path(out_dir) / prediction_name(entry, "pred"), raw, case.meta["path"],
+                                      dtype=np.float32)
+    r = np.asarray(rows)
+    return {"psnr": float(r[:, 0].mean()), "ssim": float(r[:, 1].mean()), "nrmse": float(r[:, 2].mean())}
 
 
 SPEC = trainer.TaskSpec(loss=loss, evaluate=evaluate, main_metric="psnr")
 
 
 def run(config, workdir) -> dict:
-  """Fine-tunes a SwinUNETR with a regression output (translation or reconstruction); see trainer.run."""
-  if config.task not in ("translation", "reconstruction"):
-    raise ValueError(f"task must be 'translation' or 'reconstruction' here, got {config.task!r}")
-  return trainer.run(config, workdir, SPEC)
+    """Fine-tunes a SwinUNETR with a regression output (translation or reconstruction); see trainer.run."""
+    if config.task not in ("translation", "reconstruction"):
+        raise ValueError(f"task must be 'translation' or 'reconstruction' here, got {config.task!r}")
+    return trainer.run(config, workdir, SPEC)
