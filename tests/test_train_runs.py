@@ -1,7 +1,6 @@
 """Whole pretraining runs through launch/pretrain.py: kill -9 and resume, two processes, export."""
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,6 +11,9 @@ import numpy as np
 import pytest
 
 from s2dc_jax.training.checkpoint import load_student
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from processes import run_processes  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--config=configs/ct1k.py:tiny", "--config.batch_size=2"]
@@ -100,32 +102,15 @@ def test_preempt_kill9_and_resume_equal_uninterrupted(tmp_path):
     assert not [k for k in res.missing_keys if k.startswith("swinViT.")]
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_processes_train_checkpoint_and_agree(tmp_path):
-    port = _free_port()
     work = tmp_path / "mh"
-    procs = [subprocess.Popen(pretrain_cmd(work, "--config.total_steps=3", "--config.checkpoint_every=3",
-                                           f"--coordinator_address=localhost:{port}", "--num_processes=2",
-                                           f"--process_id={i}"),
-                              env=env(1), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for i in range(2)]
-    outs = []
-    try:
-        for p in procs:
-            outs.append(p.communicate(timeout=600)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()  # jax.distributed catches SIGTERM (JAX_NOTES.md)
-    for p, o in zip(procs, outs):
-        assert p.returncode == 0, o[-4000:]
-    assert "replicas agree across 2 processes at step 3" in outs[0]
+    results = run_processes(lambda i, address: pretrain_cmd(
+        work, "--config.total_steps=3", "--config.checkpoint_every=3", f"--coordinator_address={address}",
+        "--num_processes=2", f"--process_id={i}"), 2, env=env(1), cwd=REPO)
+    for rc, out in results:
+        assert rc == 0, out[-4000:]
+    assert "replicas agree across 2 processes at step 3" in results[0][1]
     params, step = load_student(work)
     assert step == 3
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))

@@ -20,7 +20,7 @@ def base_config(task: str) -> ml_collections.ConfigDict:
     c.epochs = 100
     c.total_steps = 0           # > 0 overrides epochs * steps_per_epoch
     c.batch_size = 2            # global samples (crops) per step; a multiple of the devices used
-    c.num_devices = 0           # 0: every local device
+    c.num_devices = 0           # 0: every device (of every process); one process may use fewer
     c.log_every = 50
     c.eval_every = 500          # steps; evaluation also runs after the last step
     c.checkpoint_every = 500
@@ -138,7 +138,7 @@ def validate(c: ml_collections.ConfigDict, num_devices: int) -> None:
         raise ValueError("data.datalist must be set to a MONAI/Decathlon JSON file")
     if c.batch_size < 1 or c.batch_size % num_devices:
         raise ValueError(f"batch_size ({c.batch_size}) must be a positive multiple of the {num_devices} devices used "
-                         "(set num_devices to use fewer)")
+                         "(one process: set num_devices to use fewer)")
     if len(tuple(c.data.roi)) != 3 or min(c.data.roi) < 1:
         raise ValueError(f"data.roi must be 3 positive sizes (x, y, z), got {c.data.roi}")
     div = c.model.patch_size ** 5

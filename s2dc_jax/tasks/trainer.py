@@ -16,13 +16,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
@@ -34,7 +34,7 @@ from s2dc_jax.tasks import data as task_data
 from s2dc_jax.tasks.init import initialize
 from s2dc_jax.tasks.models import build_model
 from s2dc_jax.training.logs import RunLog
-from s2dc_jax.training.loop import check_replicas
+from s2dc_jax.training.loop import Preemption, check_replicas
 
 
 @dataclasses.dataclass
@@ -143,17 +143,24 @@ def run(config, workdir, spec: TaskSpec) -> dict:
         state = latest.restore(latest.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
         state = state["state"]
         log.line(f"resumed from step {int(state['step'])} in {workdir / 'checkpoints'}")
+    for s in best.all_steps():  # evaluated after the step resumed from: it is evaluated again on the way
+        if s > int(state["step"]):
+            best.delete(s)
 
     step_fn = jax.jit(
         lambda s, b: train_step(s, b, model=model, tx=tx, loss_fn=spec.loss, config=config),
         in_shardings=(replicated, batch_sharding), out_shardings=(replicated, replicated), donate_argnums=(0,))
     predict = _make_predictor(model, config)
 
-    def evaluate(params, out_dir=None):
+    def evaluate(params):
         # Validation runs on this process's first device (its copy of the replicated params): windows of one
-        # volume are too few to shard usefully. Every process computes the same scores; process 0 writes files.
+        # volume are too few to shard usefully. Process 0's scores are everyone's, so that every process keeps
+        # the same best checkpoint even if accelerator arithmetic differed in the last bits.
         p1 = jax.tree.map(lambda a: a.addressable_data(0), params)
-        return spec.evaluate(predict, p1, val_cases, val_entries, config, out_dir if main_process else None)
+        m = spec.evaluate(predict, p1, val_cases, val_entries, config, None)
+        if jax.process_count() > 1:
+            m = jax.tree.map(np.asarray, multihost_utils.broadcast_one_to_all(m))
+        return m
 
     history = []
     start = int(state["step"])
@@ -161,8 +168,9 @@ def run(config, workdir, spec: TaskSpec) -> dict:
         m = evaluate(state["params"])
         history.append((0, m))
         log.line(f"eval step 0 (before training) {_fmt(m)}")
+    preempted, stop = Preemption(), False  # SIGTERM (a scheduler's preemption) -> save and stop
     log.line(f"training {config.task}: steps {start} -> {total_steps}, batch {config.batch_size} over {n_dev} devices")
-    bar = tqdm(total=total_steps, initial=start, disable=jax.process_index() != 0, desc=config.task)
+    bar = tqdm(total=total_steps, initial=start, disable=not main_process, desc=config.task)
     t_log, acc = time.time(), []
     for step in range(start, total_steps):
         batch = task_data.train_batch(train_cases, step, config)
@@ -184,25 +192,32 @@ def run(config, workdir, spec: TaskSpec) -> dict:
             log.scalars(done, {f"val/{k}": v for k, v in m.items() if np.ndim(v) == 0})
             best.save(done, args=ocp.args.Composite(params=ocp.args.StandardSave(state["params"])),
                       metrics={spec.main_metric: float(m[spec.main_metric])}, force=True)
-        if done % config.checkpoint_every == 0 or done == total_steps:
+        stop = preempted(done)
+        if done % config.checkpoint_every == 0 or done == total_steps or stop:
             latest.save(done, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=True)
+        if stop:
+            log.line(f"preempted: saved step {done}; re-run the same command to resume")
+            break
     bar.close()
+    preempted.close()
     check_replicas(state["params"], int(state["step"]), log.line)
     latest.wait_until_finished()
     best.wait_until_finished()
 
-    result = {"history": history, "total_steps": total_steps}
+    result = {"history": history, "total_steps": total_steps, "preempted": stop}
     best_step = best.best_step()
-    if best_step is not None:
-        target = {"params": jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
-                                         state["params"])}
-        best_params = best.restore(best_step, args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(target["params"])))["params"]
+    if best_step is not None and not stop:
+        best_params = best.restore(best_step, args=ocp.args.Composite(params=ocp.args.StandardRestore(
+            jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), state["params"]))))
         out_dir = workdir / "predictions" if config.eval.save_predictions else None
-        final = evaluate(best_params, out_dir)
-        log.line(f"best checkpoint: step {best_step}; its evaluation {_fmt(final)}"
-                 + (f"; predictions in {out_dir}" if out_dir else ""))
-        result.update(best_step=best_step, best=final)
+        if main_process:  # the other processes wait below rather than redo it
+            p1 = jax.tree.map(lambda a: a.addressable_data(0), best_params["params"])
+            final = spec.evaluate(predict, p1, val_cases, val_entries, config, out_dir)
+            log.line(f"best checkpoint: step {best_step}; its evaluation {_fmt(final)}"
+                     + (f"; predictions in {out_dir}" if out_dir else ""))
+            result.update(best_step=best_step, best=final)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("fine-tuning: final evaluation written")
     latest.close()
     best.close()
     log.close()

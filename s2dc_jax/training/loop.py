@@ -47,7 +47,7 @@ def check_replicas(params, step: int, log) -> None:
     log(f"replicas agree across {jax.process_count()} processes at step {step}")
 
 
-class _Preemption:
+class Preemption:
     """SIGTERM -> save and stop at the next step boundary (all hosts agree on which one)."""
 
     def __init__(self):
@@ -127,7 +127,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
                   f"{jax.process_count()} processes, global batch {config.batch_size}")
     start = int(state["step"])
     step_fn = make_train_step(config, encoder, tx, schedule, mesh)
-    preempted = _Preemption()
+    preempted = Preemption()
 
     bar = tqdm(total=config.total_steps, initial=start, disable=not main, unit="step", dynamic_ncols=True)
     acc, n_acc, t0, last, skipped_in_a_row, step = {}, 0, time.perf_counter(), {}, 0, start
