@@ -8,8 +8,9 @@ lives here once.
 Data parallel: the state is replicated and each batch is sharded over the mesh axis
 "data"; one `jax.jit` step lets XLA insert the gradient all-reduce. With several
 processes (`jax.distributed`), every process loads the (small) downstream set, builds the
-same global batch from (seed, step) and hands JAX only its own devices' rows; every
-process evaluates on its first local device, and process 0 writes logs and predictions.
+same global batch from (seed, step) and hands JAX only its own devices' rows. Evaluation
+runs on each process's first device; process 0's scores pick the best checkpoint, and
+process 0 alone writes logs and predictions.
 """
 from __future__ import annotations
 
@@ -56,6 +57,11 @@ def make_mesh(num_devices: int = 0) -> Mesh:
         raise ValueError(f"num_devices ({n}) must be 0 or all {len(devs)} devices when running {jax.process_count()} "
                          "processes")
     return Mesh(np.asarray(devs[:n]), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def _first_device(params):
+    """This process's copy of replicated params, on its first device (validation is not sharded)."""
+    return jax.tree.map(lambda a: a.addressable_data(0), params)
 
 
 def _global(tree, sharding: NamedSharding):
@@ -156,8 +162,7 @@ def run(config, workdir, spec: TaskSpec) -> dict:
         # Validation runs on this process's first device (its copy of the replicated params): windows of one
         # volume are too few to shard usefully. Process 0's scores are everyone's, so that every process keeps
         # the same best checkpoint even if accelerator arithmetic differed in the last bits.
-        p1 = jax.tree.map(lambda a: a.addressable_data(0), params)
-        m = spec.evaluate(predict, p1, val_cases, val_entries, config, None)
+        m = spec.evaluate(predict, _first_device(params), val_cases, val_entries, config, None)
         if jax.process_count() > 1:
             m = jax.tree.map(np.asarray, multihost_utils.broadcast_one_to_all(m))
         return m
@@ -207,12 +212,11 @@ def run(config, workdir, spec: TaskSpec) -> dict:
     result = {"history": history, "total_steps": total_steps, "preempted": stop}
     best_step = best.best_step()
     if best_step is not None and not stop:
-        best_params = best.restore(best_step, args=ocp.args.Composite(params=ocp.args.StandardRestore(
-            jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), state["params"]))))
+        best_params = best.restore(best_step, args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(abstract["params"])))["params"]
         out_dir = workdir / "predictions" if config.eval.save_predictions else None
         if main_process:  # the other processes wait below rather than redo it
-            p1 = jax.tree.map(lambda a: a.addressable_data(0), best_params["params"])
-            final = spec.evaluate(predict, p1, val_cases, val_entries, config, out_dir)
+            final = spec.evaluate(predict, _first_device(best_params), val_cases, val_entries, config, out_dir)
             log.line(f"best checkpoint: step {best_step}; its evaluation {_fmt(final)}"
                      + (f"; predictions in {out_dir}" if out_dir else ""))
             result.update(best_step=best_step, best=final)
