@@ -7,7 +7,7 @@
 Sinkhorn matching with 100 iterations, queue of 90 x batch keys, 100k steps.
 ``--config=configs/ct1k.py:tiny`` shrinks it for a smoke run.
 """
-from s2dc_jax.training.config import preset
+from s2dc_jax.tasks.pretrain_config import preset
 
 
 def get_config(arg=None):

@@ -10,7 +10,7 @@ Then:
 
     python launch/export_torch.py --checkpoint=runs/demo --out=runs/demo/encoder.safetensors
 """
-from s2dc_jax.training.config import pretrain_config
+from s2dc_jax.tasks.pretrain_config import pretrain_config
 
 
 def get_config(arg=None):

@@ -8,7 +8,7 @@ Dual-softmax matching, queue of 200 x batch keys, 100k steps.
 On a different number of devices set --config.batch_size (a multiple of the device count)
 and --config.ssl.queue_size accordingly. ``--config=configs/pet3k.py:tiny`` shrinks it for a smoke run.
 """
-from s2dc_jax.training.config import preset
+from s2dc_jax.tasks.pretrain_config import preset
 
 
 def get_config(arg=None):

@@ -43,9 +43,10 @@ def add_data(sub) -> None:
 
 def _pretrain(args) -> int:
     from s2dc_jax.bench import pretrain as bench
-    from s2dc_jax.training.config import load, validate
+    from s2dc_jax.tasks.pretrain_config import validate
+    from s2dc_jax.training.cli import load_config
 
-    config = load(args.config, args.set)
+    config = load_config(args.config, args.set)
     validate(config, device_count=1)
     results = bench.compare(config, steps=args.steps, warmup=args.warmup, frameworks=args.frameworks)
     print(bench.format_table(results))

@@ -1,21 +1,15 @@
-"""Fine-tuning for segmentation.
+"""Fine-tuning for segmentation: launch/finetune.py, checking that the config is a segmentation config.
 
-    python launch/finetune_segmentation.py --config=configs/finetune/btcv.py --workdir=runs/btcv [--config.X=V ...]
+    python launch/finetune_segmentation.py --config=configs/finetune/btcv.py --workdir=runs/btcv
 
-Initialise from a pretraining workdir with --config.init.checkpoint=DIR, or from MONAI
-weights with --config.init.torch=FILE.pt|.safetensors; --config.init.skip='("regex",)'
-leaves matching parameters at their fresh values. Re-running resumes from the latest
-checkpoint; the best one (by validation score) is kept in WORKDIR/best and used for
-the predictions written to WORKDIR/predictions.
-Several hosts: pass --coordinator_address/--num_processes/--process_id, or run under
-SLURM / Open MPI, as for launch/pretrain.py.
+Kept so that older commands work; see launch/finetune.py.
 """
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from s2dc_jax.tasks import cli  # noqa: E402
+from s2dc_jax.training import cli  # noqa: E402
 
 if __name__ == "__main__":
-    cli.main("segmentation", "finetune_segmentation.py", "configs/finetune/btcv.py")
+    cli.main("finetune", "finetune_segmentation.py", "configs/finetune/btcv.py", expect_task="segmentation")

@@ -1,21 +1,15 @@
-"""Fine-tuning for translation.
+"""Fine-tuning for translation: launch/finetune.py, checking that the config is a translation config.
 
-    python launch/finetune_translation.py --config=configs/finetune/brats23_t1_t2.py --workdir=runs/brats23_t1_t2 [--config.X=V ...]
+    python launch/finetune_translation.py --config=configs/finetune/brats23_t1_t2.py --workdir=runs/brats23_t1_t2
 
-Initialise from a pretraining workdir with --config.init.checkpoint=DIR, or from MONAI
-weights with --config.init.torch=FILE.pt|.safetensors; --config.init.skip='("regex",)'
-leaves matching parameters at their fresh values. Re-running resumes from the latest
-checkpoint; the best one (by validation score) is kept in WORKDIR/best and used for
-the predictions written to WORKDIR/predictions.
-Several hosts: pass --coordinator_address/--num_processes/--process_id, or run under
-SLURM / Open MPI, as for launch/pretrain.py.
+Kept so that older commands work; see launch/finetune.py.
 """
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from s2dc_jax.tasks import cli  # noqa: E402
+from s2dc_jax.training import cli  # noqa: E402
 
 if __name__ == "__main__":
-    cli.main("translation", "finetune_translation.py", "configs/finetune/brats23_t1_t2.py")
+    cli.main("finetune", "finetune_translation.py", "configs/finetune/brats23_t1_t2.py", expect_task="translation")

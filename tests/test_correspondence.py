@@ -13,12 +13,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from s2dc_jax import objectives
+from s2dc_jax import data, objectives
 
 
 def _affines(n, seed=0):
     rng = np.random.default_rng(seed)
-    return np.stack([objectives.sample_view_params(rng, 2)["full_affine"] for _ in range(n)])
+    return np.stack([data.sample_view_params(rng, 2)["full_affine"] for _ in range(n)])
 
 
 def _exact_fraction(affines, roi, ts, mode, gt=None):

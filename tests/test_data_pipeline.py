@@ -9,7 +9,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from s2dc_jax import data
-from s2dc_jax.objectives.view_params import sample_view_params
+from s2dc_jax.data.view_params import sample_view_params
 
 ROI, CROP = (32, 32, 16), 16
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from s2dc_jax import objectives
+from s2dc_jax import data, objectives
 
 CROP = 32
 
@@ -42,7 +42,7 @@ def _cfg(**kw):
 
 def _setup(b, cfg, seed=0, image=None):
     rng = np.random.default_rng(seed)
-    vp = [objectives.sample_view_params(rng, 4) for _ in range(b)]
+    vp = [data.sample_view_params(rng, 4) for _ in range(b)]
     batch = {k: np.stack([v[k] for v in vp]) for k in vp[0]}
     batch["image"] = rng.normal(size=(b, 64, 64, CROP, 1)).astype(np.float32) if image is None else image
     params = {"encoder": ENC.init(jax.random.key(0), jnp.zeros((1, CROP, CROP, CROP, 1)))["params"],

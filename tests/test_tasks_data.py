@@ -5,9 +5,9 @@ import pytest
 import torch
 from monai.losses import DiceCELoss
 
-from s2dc_jax.tasks import config as task_config
 from s2dc_jax.tasks import data as task_data
-from s2dc_jax.tasks import losses
+from s2dc_jax.tasks import finetune_config as task_config
+from s2dc_jax.tasks import losses, segmentation
 
 
 def test_dice_ce_matches_monai():
@@ -41,17 +41,36 @@ def test_foreground_biased_crops_and_determinism():
     lab = np.zeros((40, 40, 40), np.int32)
     lab[30:34, 30:34, 30:34] = 1  # 0.1% foreground
     case = task_data.Case(image=np.zeros((40, 40, 40, 1), np.float32), target=lab, meta={})
-    fg = lambda ratio: np.mean([(b > 0).any() for s in range(20)  # noqa: E731
-                                for b in task_data.train_batch([case], s, _with(c, ratio))["target"]])
+
+    def fg(ratio):
+        c.data.pos_ratio = ratio
+        rng = np.random.default_rng(0)
+        return np.mean([(segmentation.sample(case, rng, c)[1] > 0).any() for _ in range(200)])
+
     assert fg(1.0) == 1.0 and fg(0.0) < 0.3
-    a, b = task_data.train_batch([case], 7, c), task_data.train_batch([case], 7, c)
-    np.testing.assert_array_equal(a["target"], b["target"])  # a batch is a function of (seed, step)
+    c.data.pos_ratio = 0.5
 
+    def batches(process_index, process_count, n=3):
+        ds = task_data.sample_dataset([case, case], lambda k, rng: segmentation.sample(k, rng, c), batch_size=4,
+                                      seed=0, process_index=process_index, process_count=process_count)
+        it = iter(ds)
+        return [next(it) for _ in range(n)], it
 
-def _with(c, ratio):
-    c = c.copy_and_resolve_references()
-    c.data.pos_ratio = ratio
-    return c
+    one, it = batches(0, 1)
+    again, _ = batches(0, 1)
+    for a, b in zip(one, again):  # a batch is a function of (seed, step)
+        np.testing.assert_array_equal(a["target"], b["target"])
+    # Two processes: each gets its half of every global batch, in order.
+    (p0, _), (p1, _) = batches(0, 2), batches(1, 2)
+    for g, a, b in zip(one, p0, p1):
+        np.testing.assert_array_equal(g["image"], np.concatenate([a["image"], b["image"]]))
+        np.testing.assert_array_equal(g["target"], np.concatenate([a["target"], b["target"]]))
+    # The iterator's position restores: the next batch after a restore is the next batch.
+    state = it.get_state()
+    nxt = next(it)
+    _, fresh = batches(0, 1, n=0)
+    fresh.set_state(state)
+    np.testing.assert_array_equal(next(fresh)["target"], nxt["target"])
 
 
 def test_intensity_and_validate():

@@ -1,6 +1,4 @@
 """Fine-tuning initialisation: MONAI .pt weights, init.skip, pretraining workdirs; NIfTI predictions."""
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -13,10 +11,11 @@ from monai.networks.nets import SwinUNETR as MonaiSwinUNETR
 
 from s2dc_jax.data import io
 from s2dc_jax.interop import flatten_params
-from s2dc_jax.tasks import config as task_config
+from s2dc_jax.interop.workdir import load_params
 from s2dc_jax.tasks import data as task_data
-from s2dc_jax.tasks.init import initialize
-from s2dc_jax.tasks.models import build_model
+from s2dc_jax.tasks import finetune_config as task_config
+from s2dc_jax.tasks.init import merge, pretrained_params, source_params
+from s2dc_jax.tasks.models import build_unetr
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,7 +28,7 @@ def _seg_config(in_channels=1, out_channels=3):
 
 
 def _fresh(c, seed=0):
-    model = build_model(c)
+    model = build_unetr(c)
     x = jnp.zeros((1, 32, 32, 32, c.model.in_channels))
     return model, model.init(jax.random.PRNGKey(seed), x)["params"]
 
@@ -55,9 +54,9 @@ def test_init_torch_pt_matches_monai_forward(tmp_path):
     c.init.torch = str(path)
     model, fresh = _fresh(c)
     lines = []
-    params, report = initialize(fresh, c, log=lines.append)
-    assert not report.missing and not report.unexpected and not report.skipped
-    assert "loaded" in lines[-1] and f"loaded {len(report.matched)}" in lines[-1]
+    params = _loaded(fresh, pretrained_params(fresh, c, log=lines.append))
+    n = len(flatten_params(fresh))
+    assert f"loaded {n}, skipped 0 (init.skip), missing 0 (kept fresh), unexpected 0" in lines[-1]
     # MONAI's norms need more than one voxel at the bottleneck: 64^3.
     x = np.random.default_rng(0).normal(size=(1, 64, 64, 64, 1)).astype(np.float32)
     ours = np.asarray(model.apply({"params": params}, jnp.asarray(x)))
@@ -77,11 +76,14 @@ def test_init_skip_first_layer_for_more_channels(tmp_path):
     c4 = _seg_config(in_channels=4)
     c4.init.torch = str(path)
     _, fresh = _fresh(c4)
-    with pytest.raises(ValueError, match="shape mismatch"):
-        initialize(fresh, c4, log=lambda s: None)  # without init.skip the mismatch is an error, not silent
-    c4.init.skip = (r"patch_embed\.proj",)
-    params, report = initialize(fresh, c4, log=lambda s: None)
-    assert sorted(report.skipped) == ["swinViT.patch_embed.proj.bias", "swinViT.patch_embed.proj.weight"]
+    with pytest.raises(ValueError, match="shape mismatch for swinViT/patch_embed/proj/kernel"):
+        pretrained_params(fresh, c4, log=lambda s: None)  # without init.skip the mismatch is an error, not silent
+    loaded, _ = source_params(c4)
+    with pytest.raises(ValueError, match="match no parameter"):  # a typo is not silently ignored
+        merge(fresh, loaded, (r"patch_embd",))
+    merged, report = merge(fresh, loaded, (r"swinViT/patch_embed/proj/",))
+    assert sorted(report.skipped) == ["swinViT/patch_embed/proj/bias", "swinViT/patch_embed/proj/kernel"]
+    params = _loaded(fresh, merged)
     flat, flat0 = flatten_params(params), flatten_params(fresh)
     np.testing.assert_array_equal(flat["swinViT/patch_embed/proj/kernel"], flat0["swinViT/patch_embed/proj/kernel"])
     qkv = enc["swinViT.layers1.0.blocks.0.attn.qkv.weight"].numpy()
@@ -91,44 +93,49 @@ def test_init_skip_first_layer_for_more_channels(tmp_path):
     np.testing.assert_array_equal(flat["out/conv/kernel"], flat0["out/conv/kernel"])
 
 
+def _loaded(fresh, merged):
+    """Fresh params with the merged arrays put in (what FinetuneTask.initialize does on the devices)."""
+    return jax.tree.map(lambda f, n: f if n is None else n, fresh, merged, is_leaf=lambda x: x is None)
+
+
 def test_init_errors_name_the_field(tmp_path):
     c = _seg_config()
     _, fresh = _fresh(c)
     c.init.torch = str(tmp_path / "nope.pt")
     with pytest.raises(ValueError, match="init.torch"):
-        initialize(fresh, c, log=lambda s: None)
-    c.init.checkpoint = str(tmp_path)
+        pretrained_params(fresh, c, log=lambda s: None)
+    c.init.torch = None
+    c.init.checkpoint = str(tmp_path / "no_run")
+    with pytest.raises(ValueError, match="init.checkpoint"):
+        pretrained_params(fresh, c, log=lambda s: None)
+    c.init.torch = "w.pt"
     c.data.datalist = "x.json"
     with pytest.raises(ValueError, match="init.checkpoint and init.torch"):
         task_config.validate(c, 2)
 
 
-@pytest.mark.slow  # one real pretraining step in a subprocess: minutes on a loaded 2-core CPU
+@pytest.mark.slow  # one real pretraining step: a minute on a loaded 2-core CPU
 def test_init_checkpoint_from_pretrain_workdir(tmp_path):
-    # A real workdir from launch/pretrain.py (demo config, one step).
+    # A real workdir of the training loop (demo config, one step).
+    from s2dc_jax.tasks.pretrain import PretrainTask
+    from s2dc_jax.training import loop
+    from s2dc_jax.training.cli import load_config
+
     work = tmp_path / "pre"
-    cmd = [sys.executable, str(REPO / "launch" / "pretrain.py"), "--config=" + str(REPO / "configs" / "demo.py"),
-           f"--workdir={work}", "--config.total_steps=1", "--config.checkpoint_every=1",
-           "--config.data.phantoms=2", "--config.batch_size=2"]
-    env = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-           "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
-    from s2dc_jax.training.checkpoint import load_student
-    student, step = load_student(work)
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("demo", REPO / "configs" / "demo.py")
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
-    d = demo.get_config()
+    d = load_config(str(REPO / "configs" / "demo.py"), ["total_steps=1", "checkpoint_every=1", "data.phantoms=2",
+                                                      "batch_size=2", "num_devices=2"])
+    loop.run(PretrainTask(d), work)
+    student, step = load_params(work)
     c = _seg_config()
     c.model.feature_size, c.model.depths, c.model.num_heads = d.model.feature_size, d.model.depths, d.model.num_heads
     c.model.use_v2, c.model.window_size = d.model.use_v2, d.model.window_size
     c.init.checkpoint = str(work)
     _, fresh = _fresh(c, seed=3)
-    params, report = initialize(fresh, c, log=lambda s: None)
+    merged, report = merge(fresh, source_params(c)[0], ())
+    params = _loaded(fresh, merged)
     ours, theirs = flatten_params(params["swinViT"]), flatten_params(student["encoder"])
-    assert set(ours) == set(theirs) and not report.skipped
+    assert set(ours) == set(theirs) and not report.skipped and not report.unexpected
+    assert len(report.matched) == len(theirs) and all(p.startswith(("encoder", "decoder", "out")) for p in report.missing)
     for k in theirs:
         np.testing.assert_array_equal(np.asarray(ours[k]), np.asarray(theirs[k]), err_msg=k)
     # And they are not what a fresh init gives, so the comparison above means something.

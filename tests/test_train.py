@@ -1,16 +1,15 @@
 """Pretraining: config checks, exact data parallelism, non-finite steps, the loop end to end."""
-import json
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from s2dc_jax.objectives.view_params import sample_view_params
-from s2dc_jax.training import config as config_lib
-from s2dc_jax.training.state import build_encoder, create_state, make_optimizer
-from s2dc_jax.training.step import AXIS, make_train_step
+from s2dc_jax.data.view_params import sample_view_params
+from s2dc_jax.tasks import pretrain_config as config_lib
+from s2dc_jax.tasks.pretrain import PretrainTask
+from s2dc_jax.training.loop import compile_step, create_state
+from s2dc_jax.training.mesh import batch_sharding, make_mesh, to_global
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,16 +39,15 @@ def random_batch(seed, b, roi, crop):
     return batch
 
 
-def run_steps(config, devices, batches):
-    mesh = Mesh(np.array(devices), (AXIS,))
-    encoder = build_encoder(config.model)
-    tx, schedule = make_optimizer(config)
-    state = create_state(config, encoder, tx, mesh)
-    step = make_train_step(config, encoder, tx, schedule, mesh)
-    sharding = NamedSharding(mesh, P(AXIS))
+def run_steps(config, num_devices, batches):
+    """The loop's compiled step, applied to ``batches`` on the first ``num_devices`` devices."""
+    mesh = make_mesh(num_devices)
+    task = PretrainTask(config)
+    state = create_state(task, mesh)
+    step = compile_step(task, mesh)
     losses = []
     for b in batches:
-        state, m = step(state, {k: jax.device_put(v, sharding) for k, v in b.items()})
+        state, m = step(state, to_global(b, batch_sharding(mesh)))
         losses.append(float(m["loss"]))  # blocks on the step (multi-device CPU, JAX_NOTES.md)
     return jax.device_get(state), losses
 
@@ -93,8 +91,8 @@ def test_data_parallel_is_exact():
     # and Adam divides that noise by sqrt(v); at the tiny preset's 3e-4 it reaches 2e-5.
     c = tiny_config(batch_size=8, **{"optim.lr": 1e-4})
     batches = [random_batch(s, 8, c.data.roi_large, c.data.crop_size) for s in range(3)]
-    s8, l8 = run_steps(c, jax.devices()[:8], batches)
-    s1, l1 = run_steps(c, jax.devices()[:1], batches)
+    s8, l8 = run_steps(c, 8, batches)
+    s1, l1 = run_steps(c, 1, batches)
     np.testing.assert_allclose(l8, l1, rtol=1e-5, atol=1e-5)
     for a, b in zip(jax.tree.leaves(s8["params"]), jax.tree.leaves(s1["params"])):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
@@ -103,19 +101,22 @@ def test_data_parallel_is_exact():
 
 
 def test_nonfinite_step_is_skipped():
+    """The loop's step undoes an update whose loss is NaN (teacher and queue too) and counts it."""
     c = tiny_config(batch_size=2)
     good = random_batch(0, 2, c.data.roi_large, c.data.crop_size)
     bad = dict(good, image=np.full_like(good["image"], np.nan))
-    mesh = Mesh(np.array(jax.devices()[:2]), (AXIS,))
-    encoder = build_encoder(c.model)
-    tx, schedule = make_optimizer(c)
-    state = create_state(c, encoder, tx, mesh)
+    mesh = make_mesh(2)
+    task = PretrainTask(c)
+    state = create_state(task, mesh)
     before = jax.device_get(state)
-    step = make_train_step(c, encoder, tx, schedule, mesh)
-    sharding = NamedSharding(mesh, P(AXIS))
-    state, m = step(state, {k: jax.device_put(v, sharding) for k, v in bad.items()})
+    step = compile_step(task, mesh)
+    state, m = step(state, to_global(bad, batch_sharding(mesh)))
     after = jax.device_get(state)
     assert float(m["skipped"]) == 1.0 and int(after["step"]) == 1
     for a, b in zip(jax.tree.leaves(before["params"]), jax.tree.leaves(after["params"])):
         np.testing.assert_array_equal(a, b)
+    for a, b in zip(jax.tree.leaves(before["teacher"]), jax.tree.leaves(after["teacher"])):
+        np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(before["queue"], after["queue"])
+    state, m = step(state, to_global(good, batch_sharding(mesh)))
+    assert float(m["skipped"]) == 0.0 and int(state["step"]) == 2

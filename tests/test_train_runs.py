@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from s2dc_jax.training.checkpoint import load_student
+from s2dc_jax.interop.workdir import load_params
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from processes import run_processes  # noqa: E402
@@ -65,20 +65,20 @@ def test_preempt_kill9_and_resume_equal_uninterrupted(tmp_path):
     work = tmp_path / "interrupted"
     ckpts = work / "checkpoints"
     proc = _stop_after_checkpoint(pretrain_cmd(work, *steps), ckpts, 0, signal.SIGTERM)
-    assert proc.returncode == 0, "SIGTERM should save a checkpoint and exit cleanly"
-    assert "preempted: saved step" in (work / "log.txt").read_text()
-    _, preempted_at = load_student(work)
+    assert proc.returncode == 128 + signal.SIGTERM, "SIGTERM should save a checkpoint and exit 143"
+    assert "preempted (SIGTERM): saved step" in (work / "log.txt").read_text()
+    _, preempted_at = load_params(work)
     assert 2 <= preempted_at < 8
 
     proc = _stop_after_checkpoint(pretrain_cmd(work, *steps), ckpts, preempted_at, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    _, killed_at = load_student(work)
+    _, killed_at = load_params(work)
     assert preempted_at < killed_at < 8
 
     out = run_ok(pretrain_cmd(work, *steps))
     assert "resumed from" in out.stdout + out.stderr
-    resumed, step = load_student(work)
-    straight, step0 = load_student(tmp_path / "straight")
+    resumed, step = load_params(work)
+    straight, step0 = load_params(tmp_path / "straight")
     assert step == step0 == 8
     assert_trees_close(resumed, straight, atol=1e-6)
 
@@ -111,7 +111,7 @@ def test_two_processes_train_checkpoint_and_agree(tmp_path):
     for rc, out in results:
         assert rc == 0, out[-4000:]
     assert "replicas agree across 2 processes at step 3" in results[0][1]
-    params, step = load_student(work)
+    params, step = load_params(work)
     assert step == 3
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
     # one grain data-state file per process sits beside the state

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from s2dc_jax import objectives
+from s2dc_jax import data, objectives
 
 
 def np_warp(vol, affine, scale_z=False):
@@ -45,7 +45,7 @@ def test_forward_convention_moves_content():
 
 def _views_inputs(rng, b=2, x=64, y=96, c=32):
     n = (x // c) * (y // c)
-    vp = [objectives.sample_view_params(rng, n) for _ in range(b)]
+    vp = [data.sample_view_params(rng, n) for _ in range(b)]
     params = {k: np.stack([v[k] for v in vp]) for k in vp[0]}
     image = rng.uniform(size=(b, x, y, c, 1)).astype(np.float32)
     return image, params
@@ -88,7 +88,7 @@ def test_views_reject_bad_shapes():
 
 def test_sample_view_params_ranges():
     rng = np.random.default_rng(3)
-    p = [objectives.sample_view_params(rng, 16) for _ in range(200)]
+    p = [data.sample_view_params(rng, 16) for _ in range(200)]
     full = np.stack([x["full_affine"] for x in p])
     crop = np.concatenate([x["crop_affine"] for x in p])
     assert np.abs(full[:, 0]).max() <= np.deg2rad(30) and np.abs(crop[:, 0]).max() <= np.deg2rad(20)

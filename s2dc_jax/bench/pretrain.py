@@ -17,7 +17,7 @@ import numpy as np
 
 
 def _batches(config, n, seed=0):
-    from s2dc_jax.objectives.view_params import sample_view_params
+    from s2dc_jax.data.view_params import sample_view_params
 
     rng = np.random.default_rng(seed)
     x, y, z = config.data.roi_large
@@ -38,18 +38,16 @@ def _peak_rss_bytes():
 def time_jax(config, steps: int, warmup: int) -> dict:
     """Mean seconds per step of the jit'd shard_map step on all local devices."""
     import jax
-    from jax.sharding import NamedSharding, PartitionSpec as P
 
-    from s2dc_jax.training.state import build_encoder, create_state, make_optimizer
-    from s2dc_jax.training.step import AXIS, make_train_step
+    from s2dc_jax.tasks.pretrain import PretrainTask
+    from s2dc_jax.training.loop import compile_step, create_state
+    from s2dc_jax.training.mesh import batch_sharding, make_mesh, to_global
 
-    mesh = jax.make_mesh((jax.device_count(),), (AXIS,))
-    encoder = build_encoder(config.model)
-    tx, schedule = make_optimizer(config)
-    state = create_state(config, encoder, tx, mesh)
-    step = make_train_step(config, encoder, tx, schedule, mesh)
-    sharding = NamedSharding(mesh, P(AXIS))
-    batches = [{k: jax.device_put(v, sharding) for k, v in b.items()} for b in _batches(config, 2)]
+    mesh = make_mesh()
+    task = PretrainTask(config)
+    state = create_state(task, mesh)
+    step = compile_step(task, mesh)
+    batches = [to_global(b, batch_sharding(mesh)) for b in _batches(config, 2)]
     t_compile = time.perf_counter()
     for i in range(warmup):
         state, m = step(state, batches[i % 2])

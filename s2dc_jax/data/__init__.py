@@ -8,16 +8,17 @@ from s2dc_jax.data.datalist import (check_datalist, cache_uncompressed, make_dat
 from s2dc_jax.data.io import DataError, VolumeInfo, load_volume, open_raw, read_header, save_volume
 from s2dc_jax.data.phantoms import CLASS_NAMES, LABEL_NAMES, make_phantom, write_phantom_dataset
 from s2dc_jax.data.pipeline import (BadRecordError, default_data_config, iterator_stats,
-                                    make_pretrain_dataset, num_crops)
-from s2dc_jax.data.presets import (MODALITIES, PRESETS, crop_region, foreground_box, get_preset,
+                                    make_pretrain_dataset, num_crops, view_ranges)
+from s2dc_jax.data.presets import (MODALITIES, PRESETS, foreground_box, get_preset,
                                    normalize_intensity, pad_symmetric, pretrain_volume, random_box,
                                    resize)
+from s2dc_jax.data.view_params import ViewRanges, sample_view_params
 
 __all__ = [
     "BadRecordError", "CLASS_NAMES", "DataError", "LABEL_NAMES", "MODALITIES", "PRESETS",
-    "VolumeInfo", "cache_uncompressed", "check_datalist", "crop_region", "default_data_config",
+    "VolumeInfo", "ViewRanges", "cache_uncompressed", "check_datalist", "default_data_config",
     "foreground_box", "get_preset", "iterator_stats", "load_volume", "make_datalist",
     "make_phantom", "make_pretrain_dataset", "normalize_intensity", "num_crops", "open_raw",
     "pad_symmetric", "pretrain_volume", "random_box", "read_datalist", "read_header", "resize",
-    "save_volume", "write_datalist", "write_phantom_dataset",
+    "sample_view_params", "save_volume", "view_ranges", "write_datalist", "write_phantom_dataset",
 ]

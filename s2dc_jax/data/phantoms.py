@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import scipy.ndimage
 
 from s2dc_jax.data import datalist as datalist_lib
 from s2dc_jax.data import io, presets
@@ -154,7 +153,6 @@ def write_phantom_dataset(out_dir, *, num: int, modality: str, shape=(96, 96, 48
                                            spacing=spacing, orientation=orient, dtype=dtype)
         rec["class"] = ph["class"]
         recs.append(rec)
-    out = os.path.join(out_dir, "datalist.json")
     extra = {"modality": modality, "labels": dict(enumerate(LABEL_NAMES)),
              "classes": dict(enumerate(CLASS_NAMES))}
     return datalist_lib.write_datalist(recs[:num], os.path.join(out_dir, "datalist.json"),

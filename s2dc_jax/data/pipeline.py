@@ -12,6 +12,7 @@ a clear error when more than ``max_bad_fraction`` of the records it has seen fai
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
 
@@ -23,7 +24,7 @@ from ml_collections import config_dict
 from s2dc_jax.data import datalist as datalist_lib
 from s2dc_jax.data import io, presets
 from s2dc_jax.data.io import DataError
-from s2dc_jax.objectives.view_params import sample_view_params
+from s2dc_jax.data.view_params import ViewRanges, sample_view_params
 
 log = logging.getLogger("s2dc_jax.data")
 
@@ -49,7 +50,24 @@ def default_data_config() -> config_dict.ConfigDict:
     c.bad_min_seen = 20               # ... judged once at least this many were seen
     c.max_retries = 8                 # consecutive bad records replaced for one slot
     c.cache_dir = config_dict.placeholder(str)  # decompress .nii.gz here once (see README)
+    # Ranges of the random views (REFERENCE.md section 1, step 3); see data/view_params.py.
+    c.views = config_dict.ConfigDict(dataclasses.asdict(ViewRanges()))
     return c
+
+
+def view_ranges(cfg) -> ViewRanges:
+    """``data.views`` as a ViewRanges, or a ValueError naming the field that cannot work."""
+    v = cfg.views
+    for name in ("full_scale", "crop_scale"):
+        lo, hi = v[name]
+        if not 0 < lo <= hi:
+            raise ValueError(f"data.views.{name} must be (lo, hi) with 0 < lo <= hi, got {tuple(v[name])}")
+    for name in ("full_rotate_deg", "full_translate", "crop_rotate_deg", "crop_translate", "shift"):
+        if v[name] < 0:
+            raise ValueError(f"data.views.{name} must be >= 0, got {v[name]}")
+    if not 0.0 <= v.shift_prob <= 1.0:
+        raise ValueError(f"data.views.shift_prob must be in [0, 1], got {v.shift_prob}")
+    return ViewRanges(**{k: tuple(x) if isinstance(x, (list, tuple)) else x for k, x in v.items()})
 
 
 def num_crops(roi, crop_size: int) -> int:
@@ -83,13 +101,14 @@ class PretrainTransform:
     """Element ``index`` -> one volume's large ROI and view parameters (picklable for workers)."""
 
     def __init__(self, records, order, *, modality, roi, crop_size, seed, process_index,
-                 min_side, max_retries):
+                 min_side, max_retries, ranges: ViewRanges = ViewRanges()):
         self.records = [r["image"] for r in records]
         self.order = order
         self.modality, self.roi = modality, tuple(int(r) for r in roi)
         self.n = num_crops(roi, crop_size)
         self.seed, self.process_index = int(seed), int(process_index)
         self.min_side, self.max_retries = int(min_side), int(max_retries)
+        self.ranges = ranges
 
     def load(self, path, rng) -> np.ndarray:
         """f32[X, Y, Z] large ROI of one file."""
@@ -115,7 +134,7 @@ class PretrainTransform:
                 failed.append(p)
                 continue
             out = {"image": image[..., None]}
-            out.update(sample_view_params(rng, self.n))
+            out.update(sample_view_params(rng, self.n, self.ranges))
             out[_BAD] = np.int32(len(failed))
             out[_BAD_POS] = np.array(failed + [-1] * (self.max_retries - len(failed)), np.int32)
             return out
@@ -204,7 +223,7 @@ def make_pretrain_dataset(cfg, *, batch_size: int, seed: int, process_index: int
     order = grain.MapDataset.range(len(host)).shuffle(seed=int(seed) % 2**32).repeat()
     tf = PretrainTransform(host, order, modality=cfg.modality, roi=cfg.roi_large,
                            crop_size=cfg.crop_size, seed=seed, process_index=process_index,
-                           min_side=cfg.min_side, max_retries=cfg.max_retries)
+                           min_side=cfg.min_side, max_retries=cfg.max_retries, ranges=view_ranges(cfg))
     ds = order.map_with_index(tf).batch(int(batch_size), drop_remainder=True)
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=int(cfg.read_threads),
                                               prefetch_buffer_size=int(cfg.prefetch)))

@@ -1,7 +1,7 @@
 """Modality presets (REFERENCE.md section 1): intensity handling, foreground crop, large-ROI crop, resize.
 
-Pure numpy functions of arrays, reusable for labelled data (fine-tuning crops image and
-label together with :func:`crop_region`). The pretraining path :func:`pretrain_volume`
+Pure numpy functions of arrays, reusable for labelled data (fine-tuning pads and resizes
+images and labels with them). The pretraining path :func:`pretrain_volume`
 works on the *unscaled* on-disk voxels (often a memory map) so that only the chosen
 ROI is read and converted to float: the host cost per volume stays small.
 
@@ -139,11 +139,6 @@ def random_box(rng: np.random.Generator, shape, size) -> tuple[slice, ...]:
         start = int(rng.integers(0, n - s + 1))
         out.append(slice(start, start + s))
     return tuple(out)
-
-
-def crop_region(arrays, box) -> list[np.ndarray]:
-    """The same spatial box of several arrays (image, label, ...) that share spatial shape."""
-    return [np.asarray(a[box]) for a in arrays]
 
 
 def resize(x: np.ndarray, size, *, order: int = 1) -> np.ndarray:

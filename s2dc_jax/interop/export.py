@@ -7,66 +7,50 @@ from typing import Any
 
 import numpy as np
 
-from s2dc_jax.interop.files import SUFFIXES, is_flax_layout, read_state_dict, write_state_dict
-from s2dc_jax.interop.mapping import (
-    ENCODER_PREFIX,
-    build_model,
-    from_monai,
-    infer_config,
-    to_monai,
-    unflatten_params,
-)
+from s2dc_jax.interop import workdir
+from s2dc_jax.interop.files import SUFFIXES, load_params, write_state_dict
+from s2dc_jax.interop.mapping import ENCODER_PREFIX, build_model, from_monai, infer_config, to_monai
 
 WHATS = ("encoder", "swinunetr")
 
 
 def load_for_export(checkpoint: str, step: int | None = None) -> tuple[dict, str]:
-    """(flax params, kind) from a flat params file or a pretraining workdir / step folder."""
+    """(flax params, kind) from a run folder (workdir, checkpoints/, best/ or a step) or a weights file.
+
+    ``kind`` is one of `workdir.params_kind`'s: 'pretrain', 'swinunetr', 'classifier', 'encoder'.
+    """
     if os.path.isdir(checkpoint):
         try:
-            from s2dc_jax.training.checkpoint import load_params_for_export
-        except ImportError as e:
-            raise ValueError(
-                f"{checkpoint} is a directory (an Orbax workdir) but s2dc_jax.training.checkpoint."
-                f"load_params_for_export is not available: {e}"
-            ) from None
-        try:
-            params, kind = load_params_for_export(checkpoint, step)
+            params, _ = workdir.load_params(checkpoint, step)
         except (FileNotFoundError, ValueError) as e:
             raise ValueError(str(e)) from None
         except Exception as e:  # an unreadable workdir must still end in one line, not a deep traceback
             raise ValueError(
-                f"{checkpoint}: could not read the pretraining checkpoint (step {step or 'latest'}): "
-                f"{type(e).__name__}: {e}"
+                f"{checkpoint}: could not read the checkpoint (step {step or 'latest'}): {type(e).__name__}: {e}"
             ) from e
-        if kind not in WHATS:
-            raise ValueError(f"{checkpoint}: checkpoint kind {kind!r} is not one of {WHATS}")
-        return params, kind
+        return params, workdir.params_kind(params)
     if not os.path.exists(checkpoint):
         raise ValueError(f"--checkpoint: {checkpoint} does not exist")
     if step is not None:
         raise ValueError(f"--step is only meaningful for a checkpoint directory, not the file {checkpoint}")
-    flat = read_state_dict(checkpoint)
-    if not flat:
-        raise ValueError(f"{checkpoint}: the file holds no arrays")
-    if is_flax_layout(flat):
-        params = unflatten_params(flat)
-    else:
-        params, report = from_monai(flat)
-        if report.unexpected:
-            raise ValueError(f"{checkpoint}: keys with no place in the model: {report.summary()}")
-    return params, ("swinunetr" if "swinViT" in params else "encoder")
+    params, report = load_params(checkpoint)
+    if report is not None and report.unexpected:
+        raise ValueError(f"{checkpoint}: keys with no place in the model: {report.summary()}")
+    return params, workdir.params_kind(params)
 
 
 def select(params: Mapping, kind: str, what: str) -> dict:
-    """The part of `params` (of `kind`) that `what` asks for; an encoder cannot become a whole SwinUNETR."""
+    """The part of ``params`` (of ``kind``) that ``what`` asks for: the encoder of anything, or a whole SwinUNETR."""
     if what not in WHATS:
         raise ValueError(f"--what must be one of {WHATS}, got {what!r}")
-    if what == kind:
-        return dict(params)
-    if what == "encoder" and kind == "swinunetr":
-        return dict(params["swinViT"])
-    raise ValueError("--what=swinunetr needs a whole SwinUNETR checkpoint; this one holds only an encoder")
+    if what == "encoder":
+        return dict(workdir.encoder_params(dict(params)))
+    if kind != "swinunetr":
+        holds = {"pretrain": "a pretraining state (encoder + heads)", "classifier": "a classifier (encoder + MLP head)",
+                 "encoder": "only an encoder"}[kind]
+        raise ValueError(f"--what=swinunetr needs a whole SwinUNETR checkpoint; this one holds {holds}: "
+                         f"export its encoder with --what=encoder")
+    return dict(params)
 
 
 def monai_parity(state_dict: Mapping[str, np.ndarray], what: str, size: int = 64, seed: int = 0) -> dict[str, Any]:

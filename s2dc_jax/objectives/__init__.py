@@ -5,12 +5,11 @@ from s2dc_jax.objectives.matching import (correspondence_hits, dual_softmax, inf
                                           sinkhorn_log)
 from s2dc_jax.objectives.s2dc import default_ssl_config, s2dc_loss, validate_ssl_config
 from s2dc_jax.objectives.teacher import ema_update, init_queue, queue_update
-from s2dc_jax.objectives.view_params import ViewRanges, sample_view_params
 from s2dc_jax.objectives.views import make_views, split_crops, warp_volume
 
 __all__ = [
-    "ProjectionHead", "ViewRanges", "batch_norm", "correspondence_hits", "default_ssl_config", "dual_softmax", "ema_update",
+    "ProjectionHead", "batch_norm", "correspondence_hits", "default_ssl_config", "dual_softmax", "ema_update",
     "global_head", "ground_truth", "info_nce", "init_heads", "init_queue", "l2_normalize", "make_views",
-    "match_loss", "patch_head", "queue_update", "s2dc_loss", "sample_view_params", "sharpe_loss",
+    "match_loss", "patch_head", "queue_update", "s2dc_loss", "sharpe_loss",
     "sharpe_weights", "sinkhorn_log", "split_crops", "token_grid", "validate_ssl_config", "warp_volume",
 ]

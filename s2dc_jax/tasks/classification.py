@@ -5,7 +5,31 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from s2dc_jax.tasks import losses, metrics, trainer
+from s2dc_jax.data.io import DataError
+from s2dc_jax.data.presets import resize
+from s2dc_jax.tasks import data as task_data
+from s2dc_jax.tasks import losses, metrics
+from s2dc_jax.tasks.models import build_classifier
+
+MAIN_METRIC = "accuracy"
+DENSE = False
+build_model = build_classifier
+
+
+def load_target(entry, image, meta, shape, config):
+    """The entry's class index; the volume is resized to data.roi (the classifier sees it whole)."""
+    del meta, shape
+    target = int(entry[config.data.target_key])
+    if not 0 <= target < config.model.out_channels:
+        raise DataError(str(entry.get("image")), f"class {target} outside [0, model.out_channels="
+                                                 f"{config.model.out_channels})")
+    return resize(image, tuple(config.data.roi), order=1), target
+
+
+def sample(case, rng, config):
+    """The whole (resized) volume, randomly flipped."""
+    (img,) = task_data.random_flips(rng, (case.image,), config.data.flip_prob)
+    return img, np.int32(case.target)
 
 
 def loss(logits, labels, config):
@@ -16,7 +40,7 @@ def loss(logits, labels, config):
 
 def evaluate(predict, params, cases, entries, config, out_dir=None) -> dict:
     """Class probabilities of every validation volume; accuracy and macro one-vs-rest AUC."""
-    del entries
+    del entries, config
     probs = np.concatenate([np.asarray(jax.nn.softmax(predict(params, jnp.asarray(c.image[None])), axis=-1))
                             for c in cases])
     labels = np.asarray([c.target for c in cases])
@@ -27,11 +51,3 @@ def evaluate(predict, params, cases, entries, config, out_dir=None) -> dict:
                  for c, p in zip(cases, probs)]
         (out_dir / "predictions.csv").write_text("\n".join(rows) + "\n")
     return {"accuracy": metrics.accuracy(labels, probs), "auc": metrics.auc_ovr_macro(labels, probs)}
-
-
-SPEC = trainer.TaskSpec(loss=loss, evaluate=evaluate, main_metric="accuracy")
-
-
-def run(config, workdir) -> dict:
-    """Fine-tunes a Swin encoder + MLP head for classification; see trainer.run."""
-    return trainer.run(config, workdir, SPEC)

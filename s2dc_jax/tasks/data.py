@@ -1,22 +1,26 @@
-"""Fine-tuning data on the host: datalists, splits, preprocessing, training crops, NIfTI predictions.
+"""Fine-tuning data on the host: datalists, splits, preprocessing, training samples, NIfTI predictions.
 
 Volumes are loaded once through `s2dc_jax.data.io.load_volume` (RAS order), brought
 to the config's spacing and intensity window, and kept in memory: downstream sets
-are small (tens to hundreds of volumes). A training batch is a pure function of
-(seed, step), so a resumed run sees the same batches as an uninterrupted one.
+are small (tens to hundreds of volumes). Training samples come from a grain dataset
+(`sample_dataset`): sample ``i`` is cut from case ``order[i]`` of an epoch-wise shuffle
+with ``np.random.default_rng([seed, i])``, so batches are the same for any process count
+and a restored iterator continues exactly where it stopped.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
 from pathlib import Path
+from typing import Callable
 
+import grain
 import nibabel as nib
 import numpy as np
 
 from s2dc_jax.data.datalist import read_datalist
 from s2dc_jax.data.io import DataError, load_volume
-from s2dc_jax.data.presets import pad_symmetric, resize
+from s2dc_jax.data.presets import resize
 
 
 def kfold_split(entries: list[dict], num_folds: int, fold: int, seed: int, subject_key=None):
@@ -111,8 +115,8 @@ def _resampled_shape(shape, spacing, target):
     return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target))
 
 
-def load_case(entry: dict, config) -> Case:
-    """Loads and preprocesses one datalist entry for the config's task."""
+def load_image(entry: dict, config) -> tuple[np.ndarray, dict, tuple[int, int, int]]:
+    """An entry's image f32[X, Y, Z, C] on the config's spacing and intensity, its file facts, and that grid."""
     d = config.data
     hint = str(entry.get("image"))
     image, meta = _load_image(entry["image"], "image", hint)
@@ -123,35 +127,37 @@ def load_case(entry: dict, config) -> Case:
     if d.spacing is not None:
         shape = _resampled_shape(shape, meta["spacing"], d.spacing)
     image = intensity(resize(image, shape, order=1), d.intensity, d.a_min, d.a_max, d.b_min, d.b_max)
-    task, key = config.task, d.target_key
-    if key not in entry:
-        raise DataError(hint, f"datalist entry has no {key!r} (data.target_key, needed for {task})")
-    if task == "segmentation":
-        lab, _ = load_volume(entry[key])
-        if lab.shape != meta["raw_shape"]:
-            raise DataError(entry[key], f"label shape {lab.shape} != image shape {meta['raw_shape']}")
-        target = resize(np.rint(lab).astype(np.int32), shape, order=0)
-        if d.label_map:
-            src = target.copy()
-            for a, b in d.label_map:
-                target[src == int(a)] = int(b)
-        if target.max() >= config.model.out_channels or target.min() < 0:
-            raise DataError(entry[key], f"labels {sorted(np.unique(target))[:10]} outside [0, model.out_channels="
-                                            f"{config.model.out_channels})")
-    elif task == "classification":
-        target = int(entry[key])
-        if not 0 <= target < config.model.out_channels:
-            raise DataError(hint, f"class {target} outside [0, model.out_channels={config.model.out_channels})")
-        image = resize(image, tuple(d.roi), order=1)
-    else:
-        tgt, _ = _load_image(entry[key], key, hint)
-        if tgt.shape[:3] != meta["raw_shape"]:
-            raise DataError(str(entry[key]), f"target shape {tgt.shape[:3]} != input shape {meta['raw_shape']}")
-        target = intensity(resize(tgt, shape, order=1), d.target_intensity)
-    return Case(image=image, target=target, meta=meta)
+    if d.target_key not in entry:
+        raise DataError(hint, f"datalist entry has no {d.target_key!r} (data.target_key, needed for {config.task})")
+    return image, meta, shape
 
 
-def _crop_box(rng, shape, roi, centre=None):
+def load_label_map(path, meta: dict, shape, config) -> np.ndarray:
+    """int32[X, Y, Z] label map on the image's grid, with data.label_map applied and checked against the classes."""
+    lab, _ = load_volume(path)
+    if lab.shape != meta["raw_shape"]:
+        raise DataError(path, f"label shape {lab.shape} != image shape {meta['raw_shape']}")
+    target = resize(np.rint(lab).astype(np.int32), shape, order=0)
+    if config.data.label_map:
+        src = target.copy()
+        for a, b in config.data.label_map:
+            target[src == int(a)] = int(b)
+    if target.max() >= config.model.out_channels or target.min() < 0:
+        raise DataError(path, f"labels {sorted(np.unique(target))[:10]} outside [0, model.out_channels="
+                              f"{config.model.out_channels})")
+    return target
+
+
+def load_target_image(paths, meta: dict, shape, config, hint: str) -> np.ndarray:
+    """f32[X, Y, Z, C] target image on the input's grid, with data.target_intensity."""
+    tgt, _ = _load_image(paths, config.data.target_key, hint)
+    if tgt.shape[:3] != meta["raw_shape"]:
+        raise DataError(str(paths), f"target shape {tgt.shape[:3]} != input shape {meta['raw_shape']}")
+    return intensity(resize(tgt, shape, order=1), config.data.target_intensity)
+
+
+def crop_box(rng, shape, roi, centre=None) -> tuple[slice, slice, slice]:
+    """A ``roi``-sized box inside ``shape``: random, or centred on ``centre`` (clipped to fit)."""
     starts = []
     for n, r, i in zip(shape, roi, range(3)):
         if centre is None:
@@ -162,42 +168,13 @@ def _crop_box(rng, shape, roi, centre=None):
     return tuple(slice(s, s + r) for s, r in zip(starts, roi))
 
 
-def train_batch(cases: list[Case], step: int, config) -> dict:
-    """The global batch of training step `step`: {'image': f32[B, rx, ry, rz, C], 'target': ...}."""
-    d = config.data
-    rng = np.random.default_rng([config.seed, step])
-    idx = rng.integers(0, len(cases), size=config.batch_size)
-    images, targets = [], []
-    roi = tuple(d.roi)
-    for i in idx:
-        c = cases[int(i)]
-        if config.task == "classification":
-            img, tgt = c.image, c.target
-        else:
-            img = pad_symmetric(c.image, roi)
-            tgt = c.target
-            if config.task == "segmentation":
-                tgt = pad_symmetric(tgt, roi)
-                centre = None
-                if rng.random() < d.pos_ratio:
-                    # Foreground-biased crops, as MONAI RandCropByPosNegLabeld: centre on a labelled voxel.
-                    fg = np.argwhere(tgt > 0)
-                    if len(fg):
-                        centre = fg[int(rng.integers(0, len(fg)))]
-                box = _crop_box(rng, img.shape[:3], roi, centre)
-            else:
-                tgt = pad_symmetric(tgt, roi)
-                box = _crop_box(rng, img.shape[:3], roi)
-            img, tgt = img[box], tgt[box]
-        for ax in range(3):
-            if rng.random() < d.flip_prob:
-                img = np.flip(img, ax)
-                if config.task != "classification":
-                    tgt = np.flip(tgt, ax)
-        images.append(np.ascontiguousarray(img))
-        targets.append(np.ascontiguousarray(tgt) if config.task != "classification" else tgt)
-    tdtype = np.int32 if config.task in ("segmentation", "classification") else np.float32
-    return {"image": np.stack(images).astype(np.float32), "target": np.stack(targets).astype(tdtype)}
+def random_flips(rng, arrays, prob: float) -> list[np.ndarray]:
+    """Flip all ``arrays`` together along each spatial axis with probability ``prob`` (one draw per axis)."""
+    arrays = list(arrays)
+    for ax in range(3):
+        if rng.random() < prob:
+            arrays = [np.flip(a, ax) for a in arrays]
+    return [np.ascontiguousarray(a) for a in arrays]
 
 
 def to_raw_grid(x: np.ndarray, meta: dict, order: int) -> np.ndarray:
@@ -225,3 +202,33 @@ def save_prediction(path, pred_ras: np.ndarray, source_path, dtype=None) -> str:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     nib.save(img, os.fspath(path))
     return os.fspath(path)
+
+
+class _Sample:
+    """Element ``i`` of the sample stream: case ``case_index`` cut by ``sample_fn`` with the rng of ``(seed, i)``."""
+
+    def __init__(self, cases, sample_fn, seed: int):
+        self.cases, self.sample_fn, self.seed = cases, sample_fn, int(seed)
+
+    def __call__(self, index: int, case_index: int) -> dict:
+        rng = np.random.default_rng([self.seed, int(index)])
+        image, target = self.sample_fn(self.cases[int(case_index)], rng)
+        return {"image": np.asarray(image, np.float32), "target": np.asarray(target)}
+
+
+def sample_dataset(cases: list[Case], sample_fn: Callable, *, batch_size: int, seed: int, process_index: int = 0,
+                   process_count: int = 1, threads: int = 1, prefetch: int = 2) -> grain.IterDataset:
+    """This process's rows of each global batch of ``batch_size`` training samples, as a grain IterDataset.
+
+    ``sample_fn(case, rng) -> (image, target)`` cuts one training sample. Global batch ``s``
+    holds samples ``[s*B, (s+1)*B)``; process ``p`` of ``P`` gets the ``p``-th block of
+    ``B/P`` of them, so its rows are those a single process would put on its devices.
+    """
+    if not cases:
+        raise ValueError("no training cases")
+    if batch_size % process_count:
+        raise ValueError(f"batch_size ({batch_size}) must be a multiple of the {process_count} processes")
+    local = batch_size // process_count
+    order = grain.MapDataset.range(len(cases)).shuffle(seed=int(seed) % 2**32).repeat()
+    ds = order.map_with_index(_Sample(cases, sample_fn, seed)).batch(local)[process_index::process_count]
+    return ds.to_iter_dataset(grain.ReadOptions(num_threads=int(threads), prefetch_buffer_size=int(prefetch)))

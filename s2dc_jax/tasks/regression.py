@@ -6,9 +6,30 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
+from s2dc_jax.data.presets import pad_symmetric
 from s2dc_jax.tasks import data as task_data
-from s2dc_jax.tasks import losses, metrics, trainer
+from s2dc_jax.tasks import losses, metrics
+from s2dc_jax.tasks.models import build_unetr
 from s2dc_jax.tasks.segmentation import prediction_name
+
+MAIN_METRIC = "psnr"
+DENSE = True
+build_model = build_unetr
+
+
+def load_target(entry, image, meta, shape, config):
+    """The entry's target image on the input's grid."""
+    key = config.data.target_key
+    return image, task_data.load_target_image(entry[key], meta, shape, config, str(entry.get("image")))
+
+
+def sample(case, rng, config):
+    """A random training crop of input and target together."""
+    roi = tuple(config.data.roi)
+    img, tgt = pad_symmetric(case.image, roi), pad_symmetric(case.target, roi)
+    box = task_data.crop_box(rng, img.shape[:3], roi)
+    img, tgt = task_data.random_flips(rng, (img[box], tgt[box]), config.data.flip_prob)
+    return img, tgt.astype(np.float32)
 
 
 def loss(pred, target, config):
@@ -36,13 +57,3 @@ def evaluate(predict, params, cases, entries, config, out_dir=None) -> dict:
                                       dtype=np.float32)
     r = np.asarray(rows)
     return {"psnr": float(r[:, 0].mean()), "ssim": float(r[:, 1].mean()), "nrmse": float(r[:, 2].mean())}
-
-
-SPEC = trainer.TaskSpec(loss=loss, evaluate=evaluate, main_metric="psnr")
-
-
-def run(config, workdir) -> dict:
-    """Fine-tunes a SwinUNETR with a regression output (translation or reconstruction); see trainer.run."""
-    if config.task not in ("translation", "reconstruction"):
-        raise ValueError(f"task must be 'translation' or 'reconstruction' here, got {config.task!r}")
-    return trainer.run(config, workdir, SPEC)

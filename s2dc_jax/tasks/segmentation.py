@@ -1,4 +1,4 @@
-"""Segmentation fine-tuning: SwinUNETR, Dice + CE, sliding-window Dice, NIfTI label maps."""
+"""Segmentation fine-tuning: SwinUNETR, Dice + CE, foreground-biased crops, sliding-window Dice, NIfTI label maps."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,8 +6,14 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
+from s2dc_jax.data.presets import pad_symmetric
 from s2dc_jax.tasks import data as task_data
-from s2dc_jax.tasks import losses, metrics, trainer
+from s2dc_jax.tasks import losses, metrics
+from s2dc_jax.tasks.models import build_unetr
+
+MAIN_METRIC = "dice"
+DENSE = True
+build_model = build_unetr
 
 
 def prediction_name(entry: dict, suffix: str) -> str:
@@ -18,6 +24,25 @@ def prediction_name(entry: dict, suffix: str) -> str:
         if name.endswith(ext):
             name = name[: -len(ext)]
     return f"{name}_{suffix}.nii.gz"
+
+
+def load_target(entry, image, meta, shape, config):
+    """The entry's label map on the image's grid."""
+    return image, task_data.load_label_map(entry[config.data.target_key], meta, shape, config)
+
+
+def sample(case, rng, config):
+    """A training crop centred on a labelled voxel with probability data.pos_ratio (MONAI RandCropByPosNegLabeld)."""
+    roi = tuple(config.data.roi)
+    img, tgt = pad_symmetric(case.image, roi), pad_symmetric(case.target, roi)
+    centre = None
+    if rng.random() < config.data.pos_ratio:
+        fg = np.argwhere(tgt > 0)
+        if len(fg):
+            centre = fg[int(rng.integers(0, len(fg)))]
+    box = task_data.crop_box(rng, img.shape[:3], roi, centre)
+    img, tgt = task_data.random_flips(rng, (img[box], tgt[box]), config.data.flip_prob)
+    return img, tgt.astype(np.int32)
 
 
 def loss(logits, labels, config):
@@ -41,11 +66,3 @@ def evaluate(predict, params, cases, entries, config, out_dir=None) -> dict:
     out = {"dice": mean}
     out.update({f"dice_class{c + 1}": float(v) for c, v in enumerate(per_class)})
     return out
-
-
-SPEC = trainer.TaskSpec(loss=loss, evaluate=evaluate, main_metric="dice")
-
-
-def run(config, workdir) -> dict:
-    """Fine-tunes a SwinUNETR for segmentation; see trainer.run."""
-    return trainer.run(config, workdir, SPEC)

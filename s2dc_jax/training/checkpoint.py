@@ -1,73 +1,74 @@
-"""Orbax checkpoints of the pretraining state together with the grain iterator position."""
+"""The run's Orbax checkpoints: the latest states with the data position, and the best-scoring state.
+
+``WORKDIR/checkpoints/<step>/{state, data}`` (the grain iterator position beside the
+state, so a resume continues the same batches) keeps the last ``keep``;
+``WORKDIR/best/<step>/state`` keeps the params of the one evaluation with the highest
+main metric (fine-tuning). The layout is read back by `s2dc_jax.interop.workdir`.
+"""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import grain
-import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
-CHECKPOINT_DIR = "checkpoints"
+from s2dc_jax.interop.workdir import BEST_DIR, CHECKPOINT_DIR, STATE
 
 
-def make_manager(workdir: str | os.PathLike, keep: int) -> ocp.CheckpointManager:
-    """The run's manager: ``WORKDIR/checkpoints/<step>/{state,data}``, keeping the last ``keep``."""
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-    return ocp.CheckpointManager(Path(workdir).absolute() / CHECKPOINT_DIR, options=options)
+class Checkpoints:
+    """The latest-states manager and, when the task has a main metric, the best-state manager."""
 
+    def __init__(self, workdir: Path, keep: int, main_metric: str | None):
+        self.latest = ocp.CheckpointManager(Path(workdir) / CHECKPOINT_DIR,
+                                            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+        self.best = None
+        if main_metric:
+            self.best = ocp.CheckpointManager(Path(workdir) / BEST_DIR, options=ocp.CheckpointManagerOptions(
+                max_to_keep=1, create=True, best_fn=lambda m: m[main_metric], best_mode="max"))
+        self.main_metric = main_metric
 
-def save(manager: ocp.CheckpointManager, step: int, state: dict, data_iter) -> None:
-    """Save (asynchronously) the state and the data position after ``step`` steps."""
-    manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        data=grain.checkpoint.CheckpointSave(data_iter)), force=True)
+    def latest_step(self) -> int | None:
+        return self.latest.latest_step()
 
+    def save(self, step: int, state: dict, data_iter) -> None:
+        """Save (asynchronously) the state and the data position after ``step`` steps."""
+        self.latest.save(step, args=ocp.args.Composite(**{
+            STATE: ocp.args.StandardSave(state), "data": grain.checkpoint.CheckpointSave(data_iter)}), force=True)
 
-def restore(manager: ocp.CheckpointManager, step: int, abstract: dict, data_iter) -> dict:
-    """Restore ``state`` into the shapes and shardings of ``abstract``; ``data_iter`` is moved in place."""
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract),
-        data=grain.checkpoint.CheckpointRestore(data_iter)))
-    return restored["state"]
+    def restore(self, step: int, abstract: dict, data_iter) -> dict:
+        """The state saved at ``step``, in the shapes and shardings of ``abstract``; ``data_iter`` is moved in place."""
+        restored = self.latest.restore(step, args=ocp.args.Composite(**{
+            STATE: ocp.args.StandardRestore(abstract), "data": grain.checkpoint.CheckpointRestore(data_iter)}))
+        return restored[STATE]
 
+    def save_best(self, step: int, params, metrics: dict) -> None:
+        """Offer the params evaluated at ``step``; Orbax keeps them if their main metric is the best so far."""
+        self.best.save(step, args=ocp.args.Composite(**{STATE: ocp.args.StandardSave({"params": params})}),
+                       metrics={self.main_metric: float(metrics[self.main_metric])}, force=True)
 
-def _resolve(path: str | os.PathLike, step: int | None) -> tuple[Path, int]:
-    """A workdir, its checkpoints/ folder, or one step folder -> (checkpoints folder, step)."""
-    path = Path(path).absolute()
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint path does not exist: {path}")
-    if (path / "state").is_dir():                       # a step folder: checkpoints/<step>
-        if step is not None and str(step) != path.name:
-            raise ValueError(f"--step={step} given with the step folder {path}")
-        return path.parent, int(path.name)
-    root = path / CHECKPOINT_DIR if (path / CHECKPOINT_DIR).is_dir() else path
-    steps = ocp.utils.checkpoint_steps(root)
-    if not steps:
-        raise FileNotFoundError(f"no checkpoints under {root}")
-    if step is None:
-        return root, max(steps)
-    if step not in steps:
-        raise FileNotFoundError(f"no checkpoint for step {step} under {root}; steps there: {sorted(steps)}")
-    return root, step
+    def forget_best_after(self, step: int) -> None:
+        """A resumed run evaluates the steps after ``step`` again: drop their best entries (they could clash)."""
+        if self.best is not None:
+            for s in self.best.all_steps():
+                if s > step:
+                    self.best.delete(s)
 
+    def best_step(self) -> int | None:
+        return None if self.best is None else self.best.best_step()
 
-def load_student(path: str | os.PathLike, step: int | None = None) -> tuple[dict, int]:
-    """The student params ``{"encoder", "heads"}`` (numpy) of a pretraining checkpoint, and its step."""
-    root, step = _resolve(path, step)
-    # A read-only manager only knows the items it is told about; "data" stays unread.
-    with ocp.CheckpointManager(root, item_handlers={"state": ocp.PyTreeCheckpointHandler()},
-                               options=ocp.CheckpointManagerOptions(read_only=True)) as mngr:
-        meta = mngr.item_metadata(step)["state"]
-        target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), meta["params"])
-        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
-        restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-            item={"params": target}, restore_args={"params": restore_args}, partial_restore=True)))
-    return restored["state"]["params"], step
+    def restore_best_params(self, abstract_params):
+        """The params of the best step, into the shapes and shardings of ``abstract_params``."""
+        self.best.wait_until_finished()
+        return self.best.restore(self.best.best_step(), args=ocp.args.Composite(**{
+            STATE: ocp.args.StandardRestore({"params": abstract_params})}))[STATE]["params"]
 
+    def wait(self) -> None:
+        self.latest.wait_until_finished()
+        if self.best is not None:
+            self.best.wait_until_finished()
 
-def load_params_for_export(path: str | os.PathLike, step: int | None = None) -> tuple[dict, str]:
-    """``(encoder params, "encoder")`` of a pretraining workdir, for export and fine-tuning."""
-    params, _ = load_student(path, step)
-    return params["encoder"], "encoder"
+    def close(self) -> None:
+        self.wait()
+        self.latest.close()
+        if self.best is not None:
+            self.best.close()

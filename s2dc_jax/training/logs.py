@@ -24,19 +24,20 @@ class RunLog:
             self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
             self._text = open(self.workdir / "log.txt", "a", buffering=1)
 
-    def line(self, msg: str) -> None:
-        """One line to log.txt (timestamped) and to the terminal, above any progress bar."""
+    def line(self, msg: str, echo: bool = True) -> None:
+        """One line to log.txt (timestamped) and, with ``echo``, to the terminal above any progress bar."""
         if self.enabled:
             self._text.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
-            tqdm.write(msg)
+            if echo:
+                tqdm.write(msg)
 
-    def scalars(self, step: int, values: dict) -> None:
-        """TensorBoard scalars and one log line for ``step``."""
+    def scalars(self, step: int, values: dict, label: str = "step") -> None:
+        """TensorBoard scalars and one log line ``{label} {step} {json}``."""
         if not self.enabled:
             return
         for k, v in values.items():
             self._tb.add_scalar(k, float(v), step)
-        self.line(f"step {step} " + json.dumps({k: round(float(v), 6) for k, v in values.items()}))
+        self.line(f"{label} {step} " + json.dumps({k: round(float(v), 6) for k, v in values.items()}))
 
     def close(self) -> None:
         if self.enabled:

@@ -1,25 +1,29 @@
-"""The pretraining loop: ``run(config, workdir)``; resumable, preemption-safe, multi-host."""
+"""The one training loop: ``run(task, workdir)`` for pretraining and every fine-tuning task.
+
+It owns the mesh, the state (built from shapes, or restored), the checkpoints of {state,
+data position} and of the best state, preemption (SIGTERM / Ctrl-C save and stop), resume,
+the next batch's transfer while a step runs, metrics fetched from the devices on log steps
+only, logs (progress bar, log.txt, TensorBoard) and the evaluation schedule. The task
+(`s2dc_jax.tasks.base.Task`) gives the rest.
+"""
 from __future__ import annotations
 
-import copy
 import os
 import signal
 import time
 from pathlib import Path
 
 import jax
-import ml_collections
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
-from s2dc_jax import data as data_lib
-from s2dc_jax.training import checkpoint as ckpt
-from s2dc_jax.training.config import validate
+from s2dc_jax.tasks.base import AXIS, Task
+from s2dc_jax.training.checkpoint import Checkpoints
 from s2dc_jax.training.logs import RunLog
-from s2dc_jax.training.state import abstract_state, build_encoder, create_state, make_optimizer
-from s2dc_jax.training.step import AXIS, make_train_step
+from s2dc_jax.training.mesh import batch_sharding, first_device, make_mesh, replicated, to_global
 
 
 class TrainingError(RuntimeError):
@@ -38,7 +42,7 @@ def maybe_initialize_distributed(coordinator_address: str | None = None, num_pro
 
 
 def check_replicas(params, step: int, log) -> None:
-    """With several processes, assert that every process's replica of `params` is the same (per-leaf sums)."""
+    """With several processes, assert that every process's replica of ``params`` is the same (per-leaf sums)."""
     if jax.process_count() == 1:
         return
     # float32: process_allgather would turn float64 into float32 and never compare equal
@@ -48,132 +52,232 @@ def check_replicas(params, step: int, log) -> None:
 
 
 class Preemption:
-    """SIGTERM -> save and stop at the next step boundary (all hosts agree on which one)."""
+    """SIGTERM or Ctrl-C -> save and stop at the next step boundary (all hosts agree on which one).
+
+    A second Ctrl-C stops at once (KeyboardInterrupt), without saving.
+    """
 
     def __init__(self):
-        self.flag = False
+        self.signal: str | None = None
         self._multi = jax.process_count() > 1
-        self._old = None
-        if not self._multi:  # with several processes, jax.distributed already watches SIGTERM
-            self._old = signal.signal(signal.SIGTERM, self._set)
+        self._old = {}
+        # With several processes jax.distributed watches SIGTERM and syncs the stop step itself.
+        for sig in (signal.SIGINT,) if self._multi else (signal.SIGTERM, signal.SIGINT):
+            self._old[sig] = signal.signal(sig, self._set)
 
-    def _set(self, *_):
-        self.flag = True
+    def _set(self, signum, _frame):
+        if signum == signal.SIGINT and self.signal == "SIGINT":
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
 
     def __call__(self, step: int) -> bool:
-        return multihost_utils.reached_preemption_sync_point(step) if self._multi else self.flag
+        if self._multi and multihost_utils.reached_preemption_sync_point(step):
+            self.signal = self.signal or "SIGTERM"
+        return self.signal is not None
 
     def close(self):
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
-def _summary(metrics, n, seconds, batch_size, data_stats):
-    out = {k: v / n for k, v in metrics.items()}
-    out["volumes_per_second"] = batch_size * n / max(seconds, 1e-9)
-    out["step_seconds"] = seconds / n
-    out.update(data_stats)
-    return out
+def _guarded(task: Task):
+    """The task's step, undone when its loss or gradient norm is not finite; the step counter always advances."""
+
+    def step(state, batch):
+        new, metrics = task.train_step(state, batch)
+        ok = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+        kept = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)
+        kept["step"] = state["step"] + 1
+        return kept, dict(metrics, skipped=1.0 - ok.astype(jnp.float32))
+
+    return step
 
 
-def _phantom_datalist(config, workdir: Path) -> str:
-    """Write ``data.phantoms`` synthetic volumes into WORKDIR/phantoms once; return their datalist."""
-    out = workdir / "phantoms"
-    path = out / "datalist.json"
-    if jax.process_index() == 0 and not path.exists():
-        path = Path(data_lib.write_phantom_dataset(out, num=config.data.phantoms, modality=config.data.modality,
-                                                   shape=tuple(config.data.phantom_shape), seed=config.seed,
-                                                   labels=False, targets=False))
-    multihost_utils.sync_global_devices("phantoms written")
-    return str(path)
+def compile_step(task: Task, mesh):
+    """``step(state, batch) -> (state, metrics)``: jit of the task's step under shard_map; the state is donated."""
+    sharded = jax.shard_map(_guarded(task), mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=(P(), P()))
+    return jax.jit(sharded, donate_argnums=(0,))
 
 
-def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
-    """Pretrain until ``config.total_steps``, resuming from ``workdir`` if it has checkpoints.
+def abstract_state(task: Task, mesh) -> dict:
+    """ShapeDtypeStructs with the replicated sharding: the target a restore fills, and what a compile needs."""
+    shapes = jax.eval_shape(task.init_state, jax.random.PRNGKey(0))
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated(mesh)), shapes)
 
-    Returns the last logged metrics (averaged over the last ``log_every`` steps).
+
+def create_state(task: Task, mesh) -> dict:
+    """A fresh state, replicated over ``mesh``: shapes first, then one jit'd init with those output shardings."""
+    shardings = jax.tree.map(lambda a: a.sharding, abstract_state(task, mesh))
+    return jax.jit(task.init_state, out_shardings=shardings)(jax.random.PRNGKey(task.config.seed))
+
+
+def _eval_config(config) -> tuple[int, bool]:
+    every = int(config.get("eval_every", 0) or 0)
+    at_start = bool(config.eval.get("at_start", False)) if "eval" in config else False
+    return every, at_start
+
+
+def _fmt(metrics: dict) -> str:
+    return ", ".join(f"{k}={float(v):.4g}" for k, v in metrics.items() if np.ndim(v) == 0)
+
+
+class _TrainLog:
+    """Per-step metrics kept on the devices until a log step, then fetched at once and averaged."""
+
+    def __init__(self, logs: RunLog, max_skipped: int):
+        self.logs, self.max_skipped = logs, max_skipped
+        self.pending: list[tuple[int, dict]] = []
+        self.in_a_row = 0
+        self.t0 = time.perf_counter()
+
+    def add(self, step: int, metrics: dict) -> None:
+        self.pending.append((step, metrics))
+
+    def flush(self, batch_size: int, extra: dict) -> dict:
+        """Fetch, log skipped steps, write the means; returns them. Raises TrainingError past max_skipped_steps."""
+        steps = [s for s, _ in self.pending]
+        host = jax.device_get([m for _, m in self.pending])
+        dt = time.perf_counter() - self.t0
+        for s, m in zip(steps, host):
+            if m["skipped"] > 0:
+                self.in_a_row += 1
+                self.logs.line(f"step {s}: non-finite loss or gradients, update skipped ({self.in_a_row} in a row)")
+            else:
+                self.in_a_row = 0
+        mean = {f"train/{k}": float(np.mean([m[k] for m in host])) for k in host[0]}
+        mean["train/volumes_per_second"] = batch_size * len(host) / max(dt, 1e-9)
+        mean["train/step_seconds"] = dt / len(host)
+        mean.update(extra)
+        self.logs.scalars(steps[-1], mean)
+        self.pending, self.t0 = [], time.perf_counter()
+        return mean
+
+    @property
+    def too_many_skipped(self) -> bool:
+        return self.in_a_row > self.max_skipped
+
+
+def run(task: Task, workdir: str | os.PathLike) -> dict:
+    """Train ``task`` until its total steps, resuming from ``workdir`` if it has checkpoints.
+
+    Returns ``{"history": [(step, eval metrics)], "train": last logged means, "best_step",
+    "best", "preempted" (the signal's name or None), "step"}``.
     """
-    validate(config, jax.device_count())
-    workdir = Path(workdir)
+    config = task.config
+    mesh = make_mesh(config.get("num_devices", 0))
+    n_dev = mesh.devices.size
+    task.validate(n_dev)
+    workdir = Path(workdir).absolute()
     main = jax.process_index() == 0
     if main:
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+            (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+        except OSError as e:
+            raise ValueError(f"--workdir {workdir}: cannot write there ({e.strerror})") from None
     logs = RunLog(workdir)
-    if config.data.phantoms > 0 and not config.data.datalist:
-        config = copy.deepcopy(config)
-        config.data.datalist = _phantom_datalist(config, workdir)
-        logs.line(f"training on {config.data.phantoms} synthetic phantoms: {config.data.datalist}")
-
-    mesh = jax.make_mesh((jax.device_count(),), (AXIS,))
-    batch_sharding = NamedSharding(mesh, P(AXIS))
-    encoder = build_encoder(config.model)
-    tx, schedule = make_optimizer(config)
-    local_batch = config.batch_size // jax.process_count()
-    dataset = data_lib.make_pretrain_dataset(config.data, batch_size=local_batch, seed=config.seed,
-                                             process_index=jax.process_index(),
-                                             process_count=jax.process_count())
-    data_iter = iter(dataset)
-
-    manager = ckpt.make_manager(workdir, config.keep_checkpoints)
-    latest = manager.latest_step()
-    if latest is not None:
-        state = ckpt.restore(manager, latest, abstract_state(config, encoder, tx, mesh), data_iter)
-        logs.line(f"resumed from {workdir / ckpt.CHECKPOINT_DIR / str(latest)}")
-    else:
-        state = create_state(config, encoder, tx, mesh)
-        n_params = sum(x.size for x in jax.tree.leaves(state["params"]["encoder"]))
-        logs.line(f"new run: {n_params:,} encoder parameters, {jax.device_count()} devices, "
-                  f"{jax.process_count()} processes, global batch {config.batch_size}")
-    start = int(state["step"])
-    step_fn = make_train_step(config, encoder, tx, schedule, mesh)
     preempted = Preemption()
-
-    bar = tqdm(total=config.total_steps, initial=start, disable=not main, unit="step", dynamic_ncols=True)
-    acc, n_acc, t0, last, skipped_in_a_row, step = {}, 0, time.perf_counter(), {}, 0, start
+    data_iter = ckpts = bar = None
     try:
-        for step in range(start + 1, config.total_steps + 1):
-            batch = next(data_iter)
-            batch = {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v))
-                     for k, v in batch.items()}
+        task.prepare(workdir, logs.line)
+        total = task.total_steps
+        data_iter = iter(task.dataset(jax.process_index(), jax.process_count()))
+        ckpts = Checkpoints(workdir, config.keep_checkpoints, task.main_metric)
+        latest = ckpts.latest_step()
+        if latest is not None:
+            state = ckpts.restore(latest, abstract_state(task, mesh), data_iter)
+            logs.line(f"resumed from step {latest} in {workdir / 'checkpoints'}")
+        else:
+            state = task.initialize(create_state(task, mesh), logs.line)
+            logs.line(f"new run ({task.name}): {task.describe(state)}, {n_dev} devices, "
+                      f"{jax.process_count()} processes, global batch {config.batch_size}, {total} steps")
+        start = int(state["step"])
+        ckpts.forget_best_after(start)
+        step_fn = compile_step(task, mesh)
+        sharding = batch_sharding(mesh)
+        on_cpu = mesh.devices.flat[0].platform == "cpu"
+        eval_every, eval_at_start = _eval_config(config)
+        history: list[tuple[int, dict]] = []
+
+        def evaluate(step: int, out_dir: Path | None = None) -> dict | None:
+            m = task.evaluate(first_device(state["params"]), out_dir if main else None)
+            if m is None:
+                return None
+            if jax.process_count() > 1:  # process 0's scores are everyone's: the same best checkpoint everywhere
+                m = jax.tree.map(np.asarray, multihost_utils.broadcast_one_to_all(m))
+            m = {k: float(v) for k, v in m.items()}
+            history.append((step, m))
+            logs.scalars(step, {f"val/{k}": v for k, v in m.items()}, label="eval step")
+            if task.main_metric:
+                ckpts.save_best(step, state["params"], m)
+            return m
+
+        if eval_at_start and start == 0:
+            evaluate(0)
+        train = _TrainLog(logs, int(config.get("max_skipped_steps", 20)))
+        bar = tqdm(total=total, initial=start, disable=not main, unit="step", dynamic_ncols=True, desc=task.name)
+        batch = to_global(next(data_iter), sharding) if start < total else None
+        last, step, saved = {}, start, None
+        for step in range(start + 1, total + 1):
             state, metrics = step_fn(state, batch)
-            # Fetching the scalars blocks on the step: needed on multi-device CPU (JAX_NOTES.md),
-            # and it is how a non-finite step is seen at once.
-            metrics = jax.device_get(metrics)
-            skipped_in_a_row = skipped_in_a_row + 1 if metrics["skipped"] > 0 else 0
-            if metrics["skipped"] > 0:
-                logs.line(f"step {step}: non-finite loss or gradients, update skipped "
-                          f"({skipped_in_a_row} in a row)")
-            for k, v in metrics.items():
-                acc[k] = acc.get(k, 0.0) + float(v)
-            n_acc += 1
+            if on_cpu:  # several CPU devices running collectives without blocking can hang (JAX_NOTES.md)
+                jax.block_until_ready(metrics)
+            train.add(step, metrics)
             bar.update(1)
-            bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['corr_acc']:.3f}", refresh=False)
-            # The first step of a run is logged on its own: its metrics are those of the
-            # starting parameters, the baseline the correspondence accuracy should rise from.
-            if step % config.log_every == 0 or step == config.total_steps or step == start + 1:
-                dt = time.perf_counter() - t0
-                last = _summary(acc, n_acc, dt, config.batch_size, data_lib.iterator_stats(data_iter))
-                logs.scalars(step, last)
-                acc, n_acc, t0 = {}, 0, time.perf_counter()
             stop = preempted(step)
-            if step % config.checkpoint_every == 0 or step == config.total_steps or stop:
-                ckpt.save(manager, step, state, data_iter)
+            if step % config.checkpoint_every == 0 or step == total or stop:
+                # Before the next batch is drawn, so the saved data position is this step's.
+                ckpts.save(step, state, data_iter)
+                saved = step
+            if step < total and not stop:
+                batch = to_global(next(data_iter), sharding)  # copies while the step runs
+            # The first step is logged on its own: its metrics are those of the starting parameters.
+            if step % config.log_every == 0 or step == total or step == start + 1 or stop:
+                last = train.flush(config.batch_size, dict(getattr(data_iter, "stats", {})))
+                bar.set_postfix({k: format(last[f"train/{k}"], f) for k, f in task.progress}, refresh=False)
+                if train.too_many_skipped:
+                    if saved != step:
+                        ckpts.save(step, state, data_iter)  # the state is the last finite one
+                    raise TrainingError(
+                        f"{train.in_a_row} consecutive steps had a non-finite loss or gradients; stopped at "
+                        f"step {step} (checkpoint saved; the state is the last finite one). Lower optim.lr or "
+                        f"check the data.")
+            if eval_every and (step % eval_every == 0 or step == total) and not stop:
+                evaluate(step, workdir / "predictions" if step == total else None)
             if stop:
-                logs.line(f"preempted: saved step {step}, exiting")
                 break
-            if skipped_in_a_row > config.max_skipped_steps:
-                ckpt.save(manager, step, state, data_iter)
-                raise TrainingError(
-                    f"{skipped_in_a_row} consecutive steps had a non-finite loss or gradients; "
-                    f"stopped at step {step} (checkpoint saved; the state is the last finite one). "
-                    f"Lower optim.lr or check the data.")
-        check_replicas(state["params"], step, logs.line)
-    finally:
-        manager.wait_until_finished()
-        manager.close()
-        data_iter.close()  # stops grain's workers and frees their shared memory
         bar.close()
+        check_replicas(state["params"], step, logs.line)
+        ckpts.wait()
+
+        result = {"history": history, "train": last, "step": step, "preempted": preempted.signal,
+                  "best_step": ckpts.best_step(), "best": None}
+        if preempted.signal:
+            logs.line(f"preempted ({preempted.signal}): saved step {step} in {workdir / 'checkpoints'}; "
+                      f"re-run the same command to resume")
+        elif result["best_step"] is not None:
+            best = result["best_step"]
+            scores = dict(history).get(best)
+            if not history or history[-1][0] != best:  # the predictions written at the end are the last step's
+                params = ckpts.restore_best_params(abstract_state(task, mesh)["params"])
+                if main:  # the others wait below rather than redo it
+                    scores = task.evaluate(first_device(params), workdir / "predictions")
+                if jax.process_count() > 1:
+                    multihost_utils.sync_global_devices("best checkpoint evaluated")
+            result["best"] = scores
+            logs.line(f"done: {step} steps; best checkpoint {workdir / 'best' / str(best)}: {_fmt(scores or {})}")
+        else:
+            logs.line(f"done: {step} steps; " + _fmt({k.removeprefix("train/"): v for k, v in last.items()}))
+        return result
+    except Exception as e:
+        logs.line(f"error: {type(e).__name__}: {e}", echo=False)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+        if ckpts is not None:
+            ckpts.close()
+        if data_iter is not None and hasattr(data_iter, "close"):
+            data_iter.close()  # stops grain's workers and frees their shared memory
         preempted.close()
         logs.close()
-    return last

@@ -5,8 +5,6 @@ says differs per dataset; :func:`shrink` makes any preset small enough for a smo
 """
 from __future__ import annotations
 
-import os
-
 import ml_collections
 
 from s2dc_jax import data as data_lib
@@ -23,6 +21,7 @@ def pretrain_config() -> ml_collections.ConfigDict:
     c.checkpoint_every = 1000
     c.keep_checkpoints = 3
     c.max_skipped_steps = 20    # consecutive non-finite steps before the run stops
+    c.num_devices = 0           # 0: every device (of every process); one process may use fewer
 
     c.model = ml_collections.ConfigDict()
     c.model.in_channels = 1
@@ -130,36 +129,3 @@ def preset(*, modality: str, match: str, batch_size: int, queue_num: int, arg: s
     c.ssl.sinkhorn_iters = 100
     c.ssl.queue_size = queue_num * batch_size
     return shrink(c) if arg == "tiny" else c
-
-
-def load(spec: str, overrides=()) -> ml_collections.ConfigDict:
-    """``configs/x.py[:variant]`` -> its ``get_config(variant)``, then ``KEY=VALUE`` overrides.
-
-    For scripts outside absl (``launch/benchmark.py``); values are Python literals.
-    """
-    import ast
-    import importlib.util
-
-    path, _, arg = spec.partition(":")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"config file not found: {path}")
-    module_spec = importlib.util.spec_from_file_location("_s2dc_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    c = module.get_config(arg or None)
-    for item in overrides:
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise ValueError(f"override {item!r} is not KEY=VALUE")
-        try:
-            parsed = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            parsed = value
-        *parents, leaf = key.split(".")
-        node = c
-        for p in parents:
-            node = node[p]
-        if leaf not in node:
-            raise ValueError(f"config has no field {key!r}")
-        node[leaf] = tuple(parsed) if isinstance(parsed, list) else parsed
-    return c

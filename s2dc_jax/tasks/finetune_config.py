@@ -25,6 +25,7 @@ def base_config(task: str) -> ml_collections.ConfigDict:
     c.eval_every = 500          # steps; evaluation also runs after the last step
     c.checkpoint_every = 500
     c.keep_checkpoints = 2
+    c.max_skipped_steps = 20    # consecutive non-finite steps before the run stops
 
     c.model = ml_collections.ConfigDict()
     c.model.feature_size = 48
@@ -36,6 +37,7 @@ def base_config(task: str) -> ml_collections.ConfigDict:
     c.model.out_channels = 2    # classes (segmentation, classification) or output channels
     c.model.use_v2 = True
     c.model.remat = False
+    c.model.attn_chunk = 0      # windows per attention chunk; 0 = all at once
     c.model.dtype = "float32"
     c.model.head_hidden = 512   # classification MLP width
 
@@ -46,7 +48,6 @@ def base_config(task: str) -> ml_collections.ConfigDict:
     c.data.val_key = "validation"
     # Entry field holding the target: label map, class index or target image.
     c.data.target_key = "target" if task in ("translation", "reconstruction") else "label"
-    c.data.modality = "ct"
     c.data.spacing = ml_collections.config_dict.placeholder(tuple)  # mm (x, y, z); None keeps the file's
     c.data.intensity = "window"
     c.data.a_min, c.data.a_max = -175.0, 250.0   # the window mapped to [b_min, b_max]
@@ -85,7 +86,7 @@ def base_config(task: str) -> ml_collections.ConfigDict:
     c.init.checkpoint = ml_collections.config_dict.placeholder(str)
     c.init.step = ml_collections.config_dict.placeholder(int)
     c.init.torch = ml_collections.config_dict.placeholder(str)
-    c.init.skip = ()             # regexes on parameter paths ('swinViT/patch_embed/.*') not to load
+    c.init.skip = ()             # regexes (re.search) on flax paths, e.g. 'swinViT/patch_embed/proj', not to load
     return c
 
 

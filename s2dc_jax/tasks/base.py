@@ -1,0 +1,121 @@
+"""What a task gives the training loop (`s2dc_jax.training.loop.run`), and what every task shares.
+
+The loop owns the mesh, state creation from shapes, checkpoints of {state, data
+position} and of the best state, preemption, resume, device prefetch, logging and the
+evaluation schedule. A task owns what differs: its config checks, its data (a grain
+dataset of this process's batches), its state, a pure per-device step run under
+`jax.shard_map` over the mesh axis "data", and its evaluation.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+AXIS = "data"  # the mesh axis batches are split over
+
+
+class Task:
+    """Base class of a task; the loop calls these methods in this order."""
+
+    name: str = "task"
+    # evaluate()'s key that picks the best checkpoint (higher is better); None: no best checkpoint.
+    main_metric: str | None = None
+    # metrics shown on the progress bar (keys of train_step's metrics), with their formats
+    progress: tuple[tuple[str, str], ...] = (("loss", ".4f"),)
+
+    def __init__(self, config):
+        self.config = config
+
+    def validate(self, num_devices: int) -> None:
+        """ValueError naming the first config field that cannot work on `num_devices` devices."""
+
+    def prepare(self, workdir: Path, log: Callable[[str], None]) -> None:
+        """Host work before the state exists (read the data list, load cases, write phantoms); every process."""
+
+    @property
+    def total_steps(self) -> int:
+        """Steps of the whole run (known after `prepare`)."""
+        return int(self.config.total_steps)
+
+    def dataset(self, process_index: int, process_count: int):
+        """A grain IterDataset of this process's share of each global batch (numpy dicts), restorable."""
+        raise NotImplementedError
+
+    def init_state(self, rng: jax.Array) -> dict:
+        """The fresh state pytree (pure; jit-compiled with replicated outputs). Must hold an int32 `step`."""
+        raise NotImplementedError
+
+    def describe(self, state: dict) -> str:
+        """A few words on a fresh state for the first log line."""
+        return f"{sum(x.size for x in jax.tree.leaves(state['params'])):,} parameters"
+
+    def initialize(self, state: dict, log: Callable[[str], None]) -> dict:
+        """A fresh state with pretrained weights put in (host side, once, not on resume); default: as is."""
+        del log
+        return state
+
+    def train_step(self, state: dict, batch: dict) -> tuple[dict, dict]:
+        """One step on this device's rows of the batch, under shard_map over AXIS.
+
+        Returns the new state (its `step` is advanced by the loop) and scalar metrics that are
+        the same on every device (pmean'd), including `loss` and `grad_norm`: a step where
+        either is not finite is undone by the loop.
+        """
+        raise NotImplementedError
+
+    def evaluate(self, params, out_dir: Path | None = None) -> dict | None:
+        """Scores of `params` (this process's copy, on its first device); writes predictions into `out_dir`."""
+        del params, out_dir
+        return None
+
+
+def make_optimizer(optim, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """AdamW with linear warm-up, then cosine decay to 0 at `total_steps` or a constant rate; optional clipping.
+
+    `optim` is a config block with lr, weight_decay, warmup_steps, grad_clip and optionally
+    b1, b2 (default 0.9, 0.999) and schedule ('cosine' default, or 'constant').
+    """
+    schedule_kind = optim.get("schedule", "cosine")
+    if schedule_kind == "cosine":
+        schedule = optax.warmup_cosine_decay_schedule(
+            init_value=0.0, peak_value=optim.lr, warmup_steps=optim.warmup_steps,
+            decay_steps=max(total_steps, optim.warmup_steps + 1), end_value=0.0)
+    elif optim.warmup_steps:
+        schedule = optax.join_schedules([optax.linear_schedule(0.0, optim.lr, optim.warmup_steps),
+                                         optax.constant_schedule(optim.lr)], [optim.warmup_steps])
+    else:
+        schedule = optax.constant_schedule(optim.lr)
+    tx = optax.adamw(schedule, b1=optim.get("b1", 0.9), b2=optim.get("b2", 0.999), weight_decay=optim.weight_decay)
+    if optim.grad_clip > 0:
+        tx = optax.chain(optax.clip_by_global_norm(optim.grad_clip), tx)
+    return tx, schedule
+
+
+def swin_kwargs(model) -> dict:
+    """Constructor arguments of the Swin encoder named by a `config.model` block (pretraining or fine-tuning)."""
+    w, p = model.window_size, model.patch_size
+    return dict(
+        in_channels=model.in_channels,
+        feature_size=model.feature_size,
+        depths=tuple(model.depths),
+        num_heads=tuple(model.num_heads),
+        window_size=(w, w, w) if isinstance(w, int) else tuple(w),
+        patch_size=(p, p, p) if isinstance(p, int) else tuple(p),
+        use_v2=model.use_v2,
+        remat=model.remat,
+        attn_chunk=model.get("attn_chunk", 0) or None,
+        dtype=jnp.dtype(model.dtype),
+    )
+
+
+def mean_gradients(grads):
+    """Gradients of replicated params under shard_map -> the global mean.
+
+    The params enter shard_map replicated, so the transpose already psums the per-device
+    gradients of each device's mean loss; dividing by the device count makes the mean.
+    """
+    return jax.tree.map(lambda g: g / jax.lax.axis_size(AXIS), grads)
