@@ -124,14 +124,67 @@ class RawVolume:
     info: VolumeInfo
 
 
-def open_raw(path, *, mmap: bool = True) -> RawVolume:
-    """RAS view of the unscaled voxels; for ``.nii`` this maps the file instead of reading it."""
-    img = _open(path) if mmap else nib.load(os.fspath(path), mmap=False)
+def _gzip_error(path, e, size) -> DataError:
+    msg = str(e)
+    if isinstance(e, EOFError):
+        why = "the gzip stream ends before its end-of-stream marker"
+    elif "CRC check failed" in msg:
+        why = "gzip CRC check failed (the decompressed bytes are not the ones written)"
+    elif "Incorrect length" in msg:
+        why = "gzip length check failed (the decompressed size is not the one written)"
+    elif "Not a gzipped file" in msg:
+        why = f"data after the end of the gzip stream are not gzip ({msg})"
+    else:
+        why = f"{type(e).__name__}: {msg}"
+    return DataError(path, f"corrupt or truncated: {why} ({size} bytes on disk)")
+
+
+def read_verified_bytes(path) -> bytes:
+    """The whole decompressed stream of a ``.nii.gz``, every member's CRC32 and length checked."""
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        comp = f.read()
+    if comp[:2] != b"\x1f\x8b":
+        raise DataError(path, "not a gzip file, though named .nii.gz")
+    try:
+        # gzip.decompress inflates each member to its end and compares the trailer's CRC32
+        # and size; nibabel stops after the voxel bytes and never looks at the trailer.
+        return gzip.decompress(comp)
+    except (EOFError, OSError, zlib.error, gzip.BadGzipFile) as e:
+        raise _gzip_error(path, e, len(comp)) from None
+
+
+def _open_verified(path):
+    raw = read_verified_bytes(path)
+    size = int.from_bytes(raw[:4], "little") if len(raw) >= 4 else 0
+    if size not in (348, 540):
+        size = int.from_bytes(raw[:4], "big")
+    klass = {348: nib.Nifti1Image, 540: nib.Nifti2Image}.get(size)
+    if klass is None:
+        raise DataError(path, "not a readable NIfTI file (decompressed data has no NIfTI header)")
+    try:
+        return klass.from_bytes(raw)
+    except (nib.filebasedimages.ImageFileError, ValueError, EOFError, OSError) as e:
+        raise DataError(path, f"not a readable NIfTI file ({type(e).__name__}: {e})") from None
+
+
+def open_raw(path, *, mmap: bool = True, verify_stream: bool = False) -> RawVolume:
+    """RAS view of the unscaled voxels; for ``.nii`` this maps the file instead of reading it.
+
+    ``verify_stream`` reads a ``.nii.gz`` to the end of its gzip stream and checks the CRC
+    (a truncated or bit-flipped file is a DataError); the voxels then come from memory.
+    """
+    if verify_stream and os.fspath(path).lower().endswith(".nii.gz"):
+        _open(path)  # the usual "file not found" / "not a readable NIfTI" messages first
+        img = _open_verified(path)
+    else:
+        img = _open(path) if mmap else nib.load(os.fspath(path), mmap=False)
     info, ornt = _info(path, img)
     proxy = img.dataobj
     try:
         raw = np.asanyarray(proxy.get_unscaled())
-    except (EOFError, OSError, zlib.error, gzip.BadGzipFile, ValueError) as e:
+    except (EOFError, OSError, zlib.error, gzip.BadGzipFile, ValueError, TypeError) as e:
+        # TypeError: numpy's "buffer is too small" when an in-memory stream is short.
         raise DataError(path, f"cannot read voxel data, corrupt or truncated "
                               f"({type(e).__name__}: {e})") from None
     if raw.dtype.kind not in "iuf":
