@@ -11,6 +11,7 @@ label values) and ``check_cases`` runs it over many entries in worker processes.
 from __future__ import annotations
 
 import concurrent.futures
+from concurrent.futures.process import BrokenProcessPool
 import dataclasses
 import multiprocessing
 import os
@@ -260,7 +261,7 @@ def check_cases(entries: list[dict], *, workers: int | None = None, progress=Non
                     out.append(r)
                     if progress:
                         progress(r, len(out), len(jobs))
-            except concurrent.futures.process.BrokenProcessPool:
+            except BrokenProcessPool:
                 raise DataError(jobs[len(out)][0].get("image"),
                                 "a checking worker process died while reading this entry or one "
                                 "near it (out of memory?); rerun with fewer --workers") from None

@@ -271,13 +271,13 @@ def check_datalist(path_or_paths, *, root=None, split: str | None = None, verify
     docs = [_load_doc(p) for p in paths]
     wanted = [split] if split else [s for s in SPLITS
                                     if any(isinstance(d, dict) and d.get(s) for d in docs)]
-    if not wanted:
-        wanted = ["training"]  # read_datalist names what is missing
+    if not split and "training" not in wanted:
+        wanted.insert(0, "training")  # every list needs one: read_datalist names what is missing
     by_split = {}
     for s in wanted:
         recs = []
         for p, d in zip(paths, docs):
-            if split or (isinstance(d, dict) and d.get(s)):
+            if split or s == "training" or d.get(s):
                 recs += read_datalist(p, root=root, split=s)
         by_split[s] = recs
     if task == "auto":
