@@ -96,8 +96,9 @@ def main(argv=None) -> int:
     ap.add_argument("--data-root", help="base of relative paths for --check (default: JSON folder)")
     ap.add_argument("--split", default=None, help="--check only this split (default: all present)")
     br = ap.add_argument_group("--from brats / nnunet")
-    br.add_argument("--channels", help="BraTS input channels in order (default t1,t1ce,t2,flair; "
-                                       "2023 names t1n,t1c,t2w,t2f accepted)")
+    br.add_argument("--channels", help="input channels in order: BraTS names (default t1,t1ce,t2,flair; "
+                                       "2023 names t1n,t1c,t2w,t2f accepted), or nnU-Net channel "
+                                       "names or indices (default: all)")
     br.add_argument("--target", help="BraTS translation target channel (e.g. t2): entries get "
                                      "'target' instead of 'label'")
     br.add_argument("--fold", type=int, default=0, help="nnU-Net splits_final.json fold")

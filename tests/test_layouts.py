@@ -164,6 +164,13 @@ def test_nnunet_dataset_becomes_a_datalist(tmp_path, capsys, splits):
     for e in data.read_datalist(out):
         assert [os.path.basename(p)[-11:] for p in e["image"]] == ["_0000.nii.gz"[1:], "_0001.nii.gz"[1:]]
     assert [len(e["image"]) for e in doc["test"]] == [2, 2] and "label" not in doc["test"][0]
+    # One channel of a multi-channel set (AutoPET's PET): named or by index, one file per entry.
+    for pick in ("ADC", "1"):
+        rc, text, _ = _run(capsys, "--from", "nnunet", root, "--out", tmp_path / "adc.json", "--channels", pick)
+        assert rc == 0 and "channels (1, one file each): ADC" in text
+        assert all(e["image"].endswith("_0001.nii.gz") for e in data.read_datalist(tmp_path / "adc.json"))
+    rc, _, err = _run(capsys, "--from", "nnunet", root, "--out", tmp_path / "x.json", "--channels", "DWI")
+    assert rc == 2 and "--channels 'DWI': " in err and "declares channels 0 (T2), 1 (ADC)" in err
 
 
 def _brats(root, edition, n=4):

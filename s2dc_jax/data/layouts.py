@@ -225,8 +225,28 @@ def _nnunet_cases(folder, ending, n_ch, channels, ds: Dataset, labels_dir=None) 
     return out
 
 
-def read_nnunet(root, *, fold: int = 0) -> Dataset:
-    """An nnU-Net v2 raw dataset (dataset.json with channel_names, labels, file_ending; imagesTr/<case>_0000)."""
+def _pick_channels(wanted, names, src) -> list[int]:
+    """Channel indices for names or indices given by the user, in the order given."""
+    out = []
+    for w in wanted:
+        w = str(w).strip()
+        if w.isdigit() and int(w) < len(names):
+            out.append(int(w))
+        elif w in names:
+            out.append(names.index(w))
+        else:
+            raise ValueError(f"--channels {w!r}: {src} declares channels "
+                             f"{', '.join(f'{i} ({n})' for i, n in enumerate(names))}")
+    if len(set(out)) != len(out):
+        raise ValueError(f"--channels names a channel twice: {list(wanted)}")
+    return out
+
+
+def read_nnunet(root, *, fold: int = 0, channels=None) -> Dataset:
+    """An nnU-Net v2 raw dataset (dataset.json with channel_names, labels, file_ending; imagesTr/<case>_0000).
+
+    ``channels`` (names or indices) keeps those channels in that order, e.g. the PET of a PET/CT set.
+    """
     root = _isdir(root)
     src = os.path.join(root, "dataset.json")
     if not os.path.isfile(src):
@@ -243,6 +263,7 @@ def read_nnunet(root, *, fold: int = 0) -> Dataset:
     if ending.lower() not in (".nii.gz", ".nii"):
         raise DataError(src, f"file_ending {ending!r}: only NIfTI (.nii.gz, .nii) is read here; "
                              "convert the images to NIfTI first")
+    channels_arg = channels
     channels = [str(c) for c in _named(doc["channel_names"], "channel_names", src)]
     if not channels:
         raise DataError(src, "channel_names is empty")
@@ -258,8 +279,9 @@ def read_nnunet(root, *, fold: int = 0) -> Dataset:
                 labels.setdefault(int(x), str(name))
             except (TypeError, ValueError):
                 raise DataError(src, f"label {name!r} has a non-integer value {x!r}") from None
-    ds = Dataset("nnunet", root, os.path.basename(root), [], channels=channels,
-                 labels=dict(sorted(labels.items())), in_channels=len(channels))
+    pick = _pick_channels(channels_arg, channels, src) if channels_arg else list(range(len(channels)))
+    ds = Dataset("nnunet", root, os.path.basename(root), [], channels=[channels[i] for i in pick],
+                 labels=dict(sorted(labels.items())), in_channels=len(pick))
     if regions:
         ds.notes.append("region-based labels (nnU-Net regions): the label maps hold the values "
                         f"{sorted(labels)}")
@@ -301,6 +323,9 @@ def read_nnunet(root, *, fold: int = 0) -> Dataset:
         ds.split_source = f"splits_final.json fold {fold}"
     for e in ds.training + (ds.validation or []) + ds.test:
         e.pop("case", None)
+        if len(pick) != len(channels):  # keep the chosen channels, in the order asked
+            imgs = e["image"] if isinstance(e["image"], list) else [e["image"]]
+            e["image"] = imgs[pick[0]] if len(pick) == 1 else [imgs[i] for i in pick]
     return ds
 
 
@@ -418,14 +443,16 @@ def read_layout(layout: str, root, *, channels=None, target=None, fold: int = 0)
     """Read a downloaded dataset of ``layout`` (msd | nnunet | brats | btcv) into entries."""
     if layout not in LAYOUTS:
         raise ValueError(f"--from must be one of {', '.join(LAYOUTS)}, got {layout!r}")
-    if layout != "brats" and (channels or target):
-        raise ValueError("--channels and --target apply to --from brats only")
+    if layout not in ("brats", "nnunet") and channels:
+        raise ValueError("--channels applies to --from brats and --from nnunet only")
+    if layout != "brats" and target:
+        raise ValueError("--target applies to --from brats only")
     if layout != "nnunet" and fold:
         raise ValueError("--fold applies to --from nnunet only (its splits_final.json)")
     if layout == "msd":
         return read_msd(root)
     if layout == "nnunet":
-        return read_nnunet(root, fold=fold)
+        return read_nnunet(root, fold=fold, channels=channels)
     if layout == "brats":
         return read_brats(root, channels=channels or BRATS_CHANNELS, target=target)
     return read_btcv(root)
