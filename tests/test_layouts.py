@@ -369,6 +369,11 @@ def test_two_channel_volume_is_rejected_for_pretraining_everywhere_in_the_same_w
     assert rc == 0
     with pytest.raises(data.DataError, match="has 2 channels; pretraining"):
         checks.check_volume(two, task="pretrain", full=False)
+    # The pre-run check (headers only) finds it too, and a file gone since listing.
+    lst = data.write_datalist([{"image": p} for p in goods + [two, str(d / "gone.nii.gz")]], tmp_path / "l2.json")
+    rep = datalist.check_headers(lst, task="pretrain", min_side=16)
+    assert rep.problems == [(two, why), (str(d / "gone.nii.gz"), "file not found")]
+    assert not rep.full and rep.cases_ok == 3 and "headers in" in rep.rate()
 
 
 def test_a_bad_file_is_counted_once_and_the_stop_is_one_line(tmp_path, caplog):
@@ -467,5 +472,16 @@ def test_check_volume_rules(tmp_path):
     assert r.problems == [(img, "class 7 outside [0, model.out_channels=3)")]
     with pytest.raises(ValueError, match="task must be one of"):
         checks.check_volume(img, task="pretraining")
-    assert zlib  # the stdlib module behind the CRC check
+    # Several gzip members (as pigz/bgzip write) are one stream; bytes after the last one are named.
+    plain = gzip.decompress(open(img, "rb").read())
+    multi = tmp_path / "multi.nii.gz"
+    multi.write_bytes(gzip.compress(plain[:1000]) + gzip.compress(plain[1000:]) + b"\x00" * 8)
+    assert checks.check_volume(multi).full
+    multi.write_bytes(gzip.compress(plain) + b"trailing junk")
+    with pytest.raises(data.DataError, match="13 bytes after the end of the gzip stream are not gzip"):
+        checks.check_volume(multi)
+    raw = zlib.compress(plain)  # a zlib (not gzip) stream inside a .nii.gz name
+    multi.write_bytes(raw)
+    with pytest.raises(data.DataError, match="not a readable NIfTI|not a gzip file"):
+        checks.check_volume(multi)
     assert datalist.check_volume is checks.check_volume and layouts.LAYOUTS

@@ -163,7 +163,8 @@ class _GuardIterator(grain.DatasetIterator):
             return " ".join(e.reason.split())  # one line, whatever the exception said
         except Exception as e:  # noqa: BLE001  naming the reason must not hide the stop
             return f"{type(e).__name__}: {' '.join(str(e).split())}"
-        return "failed in the reader but passes --check now (a passing I/O error?)"
+        return (f"the reader failed on it, but it passes check_volume(min_side={self._min_side}) "
+                "now: a passing I/O error, or a rule of the crop (see the warning with its path)")
 
     def _stop_line(self) -> str:
         n = max(min(self.seen, len(self._paths)), 1)
