@@ -93,7 +93,7 @@ def test_msd_folder_becomes_a_datalist(tmp_path, capsys):
     out = tmp_path / "lists" / "spleen.json"
     rc, text, err = _run(capsys, "--from", "msd", root, "--out", out, "--val-fraction", "0.25")
     assert rc == 0, err
-    assert f"msd Spleen ({root}): 6 cases, 4 usable, 2 dropped; 1 test image(s)" in text
+    assert f"msd Spleen ({root}): 6 cases, 4 usable, 2 dropped; 1 test case(s)" in text
     assert "split (seeded: 0.25 of the usable cases, seed 0): 3 training, 1 validation" in text
     assert "channels (1, in one file): CT" in text
     assert "labels declared: 0 background, 1 spleen" in text and "labels found: 0, 1" in text

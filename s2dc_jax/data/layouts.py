@@ -516,7 +516,7 @@ def describe(ds: Dataset, rep: datalist_lib.Report, out) -> list[str]:
     tr, va, te = (len(rep.splits.get(k, [])) for k in ("training", "validation", "test"))
     dropped = sum(len(v) for k, v in rep.dropped.items() if k != "test") + ds.unpaired
     lines = [f"{ds.layout} {ds.name} ({ds.root}): {tr + va + dropped} cases, "
-             f"{tr + va} usable, {dropped} dropped; {te} test image(s)"]
+             f"{tr + va} usable, {dropped} dropped; {te} test case(s)"]
     split = (f"{ds.split_source}" if ds.validation is not None else rep.extra.get("split", "seeded"))
     lines.append(f"  split ({split}): {tr} training, {va} validation")
     files = "one file each" if ds.layout in ("nnunet", "brats") else "in one file"
