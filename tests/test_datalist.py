@@ -98,10 +98,11 @@ def folder(tmp_path):
     return d, good, bad
 
 
-def test_listing_reads_headers_and_reports_each_bad_file(folder, tmp_path, capsys):
+def test_listing_headers_only_reports_each_bad_file_it_can_see(folder, tmp_path, capsys):
     d, good, bad = folder
     out = tmp_path / "lists" / "list.json"
-    assert make_datalist.main(["--root", str(d), "--out", str(out), "--min-side", "16"]) == 0
+    assert make_datalist.main(["--root", str(d), "--out", str(out), "--min-side", "16",
+                               "--headers-only"]) == 0
     text = capsys.readouterr().out
     for make in HEADER_VISIBLE:
         p, why = bad[make]
@@ -116,10 +117,10 @@ def test_listing_reads_headers_and_reports_each_bad_file(folder, tmp_path, capsy
     assert all(not os.path.isabs(e["image"]) for e in doc["training"])
 
 
-def test_listing_with_verify_and_check_report_every_hostile_file(folder, tmp_path, capsys):
+def test_listing_and_check_read_whole_files_and_report_every_hostile_file(folder, tmp_path, capsys):
     d, good, bad = folder
     out = tmp_path / "verified.json"
-    assert make_datalist.main(["--root", str(d), "--out", str(out), "--verify", "--workers", "2"]) == 0
+    assert make_datalist.main(["--root", str(d), "--out", str(out), "--workers", "2"]) == 0
     text = capsys.readouterr().out
     for make, (p, why) in bad.items():
         assert f"SKIP {p}: " in text, make

@@ -5,6 +5,9 @@ Setup: volumes resized to 96^3, z-score per volume, 300 epochs, 5 folds over sub
     python launch/finetune.py --config=configs/finetune/adni.py --workdir=runs/adni \
         --config.data.datalist=/data/adni/datalist.json [--config.init.checkpoint=runs/pretrain]
 
+Data: no --from layout fits: write a datalist with an integer class and a 'subject' per entry
+({"image": ..., "label": 0|1|2, "subject": ...}), then check it: python launch/make_datalist.py --check LIST.json --task classification
+
 Variant ':tiny' (feature size 12, 32^3 crops, 40 steps) is a smoke run on any datalist,
 e.g. synthetic phantoms from s2dc_jax.data.phantoms; minutes on a laptop CPU.
 """

@@ -5,6 +5,11 @@ Setup: 1 mm, min-max scaling of input and target to [0, 1], 96^3 crops, L1, 300 
     python launch/finetune.py --config=configs/finetune/brats23_t1_t1ce.py --workdir=runs/brats23_t1_t1ce \
         --config.data.datalist=/data/brats23_t1_t1ce/datalist.json [--config.init.checkpoint=runs/pretrain]
 
+Data: BraTS 2023 case folders; each entry's image is the T1 (-t1n) file and its target the T1ce (-t1c) file:
+
+    python launch/make_datalist.py --from brats /data/BraTS2023-GLI --channels t1 --target t1ce \
+        --out /data/brats23_t1_t1ce/datalist.json
+
 Variant ':tiny' (feature size 12, 32^3 crops, 40 steps) is a smoke run on any datalist,
 e.g. synthetic phantoms from s2dc_jax.data.phantoms; minutes on a laptop CPU.
 """

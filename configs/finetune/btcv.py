@@ -5,6 +5,10 @@ Setup: SwinUNETR BTCV recipe: 1.5 x 1.5 x 2.0 mm, HU window [-175, 250] -> [0, 1
     python launch/finetune.py --config=configs/finetune/btcv.py --workdir=runs/btcv \
         --config.data.datalist=/data/btcv/datalist.json [--config.init.checkpoint=runs/pretrain]
 
+Data: MONAI's BTCV layout (imagesTr/, labelsTr/, dataset_0.json with its own training/validation split):
+
+    python launch/make_datalist.py --from btcv /data/btcv --out /data/btcv/datalist.json
+
 Variant ':tiny' (feature size 12, 32^3 crops, 40 steps) is a smoke run on any datalist,
 e.g. synthetic phantoms from s2dc_jax.data.phantoms; minutes on a laptop CPU.
 """

@@ -5,6 +5,9 @@ Setup: volumes resized to 128 x 128 x 64, HU window [-1000, 1000], 100 epochs, 3
     python launch/finetune.py --config=configs/finetune/cc_ccii.py --workdir=runs/cc_ccii \
         --config.data.datalist=/data/cc_ccii/datalist.json [--config.init.checkpoint=runs/pretrain]
 
+Data: no --from layout fits: write a datalist with an integer class per entry
+({"image": ..., "label": 0|1|2}), then check it: python launch/make_datalist.py --check LIST.json --task classification
+
 Variant ':tiny' (feature size 12, 32^3 crops, 40 steps) is a smoke run on any datalist,
 e.g. synthetic phantoms from s2dc_jax.data.phantoms; minutes on a laptop CPU.
 """

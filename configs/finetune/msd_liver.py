@@ -5,6 +5,10 @@ Setup: 1.5 x 1.5 x 2.0 mm, abdominal HU window [-175, 250], 96^3 crops, 1000 epo
     python launch/finetune.py --config=configs/finetune/msd_liver.py --workdir=runs/msd_liver \
         --config.data.datalist=/data/msd_liver/datalist.json [--config.init.checkpoint=runs/pretrain]
 
+Data: the MSD Task03_Liver folder as downloaded (no split of its own: a seeded 0.2 validation split):
+
+    python launch/make_datalist.py --from msd /data/Task03_Liver --out /data/msd_liver/datalist.json
+
 Variant ':tiny' (feature size 12, 32^3 crops, 40 steps) is a smoke run on any datalist,
 e.g. synthetic phantoms from s2dc_jax.data.phantoms; minutes on a laptop CPU.
 """

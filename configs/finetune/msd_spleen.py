@@ -5,6 +5,10 @@ Setup: MONAI spleen recipe: 1.5 x 1.5 x 2.0 mm, HU window [-57, 164], 96^3 crops
     python launch/finetune.py --config=configs/finetune/msd_spleen.py --workdir=runs/msd_spleen \
         --config.data.datalist=/data/msd_spleen/datalist.json [--config.init.checkpoint=runs/pretrain]
 
+Data: the MSD Task09_Spleen folder as downloaded (no split of its own: a seeded 0.2 validation split):
+
+    python launch/make_datalist.py --from msd /data/Task09_Spleen --out /data/msd_spleen/datalist.json
+
 Variant ':tiny' (feature size 12, 32^3 crops, 40 steps) is a smoke run on any datalist,
 e.g. synthetic phantoms from s2dc_jax.data.phantoms; minutes on a laptop CPU.
 """

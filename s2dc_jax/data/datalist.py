@@ -1,22 +1,23 @@
-"""Decathlon-style datalists: read, build from folders (headers only), check, cache uncompressed.
+"""Decathlon-style datalists: read, build from folders, check for a task, write clean, cache uncompressed.
 
 A datalist is MONAI/Decathlon JSON: ``{"training": [{"image": "a.nii.gz", ...}, ...],
 "validation": [...]}``. Relative paths resolve against ``root``, or the JSON's folder.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import gzip
 import hashlib
 import json
-import multiprocessing
 import os
 import shutil
+import tempfile
+import time
 
 import numpy as np
 
-from s2dc_jax.data import io, presets
+from s2dc_jax.data import checks, io
+from s2dc_jax.data.checks import check_case, check_volume  # noqa: F401  (the pipeline's reader calls datalist.check_volume)
 from s2dc_jax.data.io import DataError
 
 PATH_KEYS = ("image", "label", "target")  # keys whose string values are files
@@ -71,59 +72,116 @@ def read_datalist(path_or_paths, root=None, split: str = "training") -> list[dic
     return out
 
 
+SPLITS = ("training", "validation", "test")
+
+
 @dataclasses.dataclass
 class Report:
-    """Outcome of listing or checking: usable entries and (path, reason) problems."""
+    """Outcome of listing or checking: usable files and entries, and (path, reason) problems."""
 
-    ok: list = dataclasses.field(default_factory=list)
+    ok: list = dataclasses.field(default_factory=list)         # files that passed
     problems: list = dataclasses.field(default_factory=list)   # (path, reason)
     ignored: int = 0   # files without a NIfTI suffix (listing only)
+    task: str | None = None
+    full: bool = True  # every byte and voxel read (False: headers only)
+    cases: int = 0     # entries checked
+    splits: dict = dataclasses.field(default_factory=dict)     # split -> entries that passed
+    dropped: dict = dataclasses.field(default_factory=dict)    # split -> entries that did not
+    facts: dict = dataclasses.field(default_factory=dict)      # path -> checks.VolumeFacts
+    extra: dict = dataclasses.field(default_factory=dict)      # other top-level keys of the list
+    nbytes: int = 0    # bytes on disk of the files read
+    seconds: float = 0.0
+
+    @property
+    def cases_ok(self) -> int:
+        """Entries whose every file and rule passed."""
+        return sum(len(v) for v in self.splits.values())
 
     def summary(self) -> str:
-        """One line: how many were fine and how many were not."""
-        n = len(self.ok) + len(self.problems)
-        s = f"{len(self.ok)} of {n} OK, {len(self.problems)} problem(s)"
-        return s + (f", {self.ignored} non-NIfTI file(s) ignored" if self.ignored else "")
+        """One line: how many files and entries were fine and how many were not."""
+        bad = len({p for p, _ in self.problems})
+        s = f"{len(self.ok)} of {len(self.ok) + bad} OK, {len(self.problems)} problem(s)"
+        s += f", {self.ignored} non-NIfTI file(s) ignored" if self.ignored else ""
+        if self.cases:
+            s += f"; {self.cases_ok} of {self.cases} entries usable for {self.task}"
+        return s
+
+    def rate(self) -> str:
+        """One line: bytes and volumes read per second."""
+        mb, n, t = self.nbytes / 1e6, len(self.facts), max(self.seconds, 1e-9)
+        if not self.full:
+            return f"read {n} headers in {self.seconds:.1f} s: {n / t:.0f} volumes/s (--headers-only)"
+        return (f"read {n} whole files ({mb:.1f} MB on disk) in {self.seconds:.1f} s: "
+                f"{mb / t:.1f} MB/s, {n / t:.2f} volumes/s")
 
 
-def verify_volume(path, *, min_side: int = 0) -> io.VolumeInfo:
-    """Read a whole volume and reject unreadable, too small, non-finite or constant ones."""
-    info = io.read_header(path)
-    if min(info.shape) < min_side:
-        raise DataError(path, f"shortest side {min(info.shape)} of {info.shape} is under "
-                              f"--min-side {min_side}")
-    raw = io.open_raw(path)
+def _collect(rep: Report, results, split: str):
+    bad = {p for p, _ in rep.problems}
+    for r in results:
+        rep.cases += 1
+        rep.facts.update(r.facts)
+        for pr in r.problems:
+            if pr not in rep.problems:
+                rep.problems.append(pr)
+            bad.add(pr[0])
+        (rep.splits if r.ok else rep.dropped).setdefault(split, []).append(r.entry)
+    seen = set(rep.ok)
+    rep.ok = [p for p in rep.ok if p not in bad]
+    for r in results:
+        for p in r.paths:
+            if p not in bad and p not in seen:
+                seen.add(p)
+                rep.ok.append(p)
+    rep.nbytes = sum(f.nbytes for f in rep.facts.values())
+
+
+def infer_task(entries: list[dict]) -> str:
+    """The task a datalist's entries suit: label files -> segmentation, targets -> translation, ..."""
+    if any(isinstance(e.get("label"), str) for e in entries):
+        return "segmentation"
+    if any("target" in e for e in entries):
+        return "translation"
+    if any("label" in e for e in entries):
+        return "classification"
+    if any(isinstance(e.get("image"), list) for e in entries):
+        return "any"
+    return "pretrain"
+
+
+def declared_labels(doc: dict):
+    """Label values a datalist or dataset.json declares (``{"0": "background"}`` or nnU-Net's ``{"background": 0}``)."""
+    labels = doc.get("labels") if isinstance(doc, dict) else None
+    if not isinstance(labels, dict) or not labels:
+        return None
     try:
-        data = np.asarray(raw.data)
-    except (EOFError, OSError, ValueError) as e:
-        raise DataError(path, f"cannot read voxel data, corrupt or truncated ({e})") from None
-    if not presets.all_finite(data):
-        n = int(data.size - np.count_nonzero(np.isfinite(data)))
-        raise DataError(path, f"{n} NaN/inf voxels")
-    if data.size and data.min() == data.max():
-        raise DataError(path, f"constant volume (every voxel = {float(data.flat[0]) * raw.slope + raw.inter:g})")
-    return info
+        if all(str(k).lstrip("-").isdigit() for k in labels):
+            return sorted(int(k) for k in labels)
+        vals = set()
+        for v in labels.values():  # nnU-Net region labels map a name to a list of values
+            vals.update(int(x) for x in (v if isinstance(v, (list, tuple)) else [v]))
+        return sorted(vals)
+    except (TypeError, ValueError):
+        return None
 
 
-def _inspect(args):
-    path, min_side, verify = args
-    try:
-        info = verify_volume(path, min_side=min_side) if verify else io.read_header(path)
-        if min(info.shape) < min_side:
-            raise DataError(path, f"shortest side {min(info.shape)} of {info.shape} is under "
-                                  f"--min-side {min_side}")
-        return path, info.shape, info.channels, None
-    except DataError as e:
-        return path, None, None, e.reason
-
-
-def _map(fn, items, workers):
-    if workers > 1 and len(items) > 1:
-        # spawn, not fork: forking a process that has started JAX's threads can deadlock.
-        ctx = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as ex:
-            return list(ex.map(fn, items, chunksize=4))
-    return [fn(i) for i in items]
+def run_checks(entries_by_split: dict, *, task: str, verify: bool = True, min_side: int = 0,
+               workers: int | None = None, modality=None, labels=None, in_channels=None,
+               num_classes=None, label_map=(), progress=None, report: Report | None = None) -> Report:
+    """``checks.check_case`` over the entries of each split (test entries need no label) into a Report."""
+    rep = report or Report()
+    rep.task, rep.full = task, bool(verify)
+    if workers is None and not verify:
+        workers = 1  # a header is ~2 ms: starting worker processes (~2 s each) costs more
+    t0 = time.perf_counter()
+    for split, entries in entries_by_split.items():
+        rules = dict(task=task, min_side=min_side, full=verify, modality=modality, labels=labels,
+                     in_channels=in_channels, num_classes=num_classes, label_map=tuple(label_map))
+        if split == "test":
+            rules.update(require_target=False)
+        _collect(rep, checks.check_cases(list(entries), workers=workers, progress=progress,
+                                         **rules), split)
+    rep.seconds = time.perf_counter() - t0
+    return rep
 
 
 def scan_folders(roots) -> tuple[list[str], int]:
@@ -135,71 +193,124 @@ def scan_folders(roots) -> tuple[list[str], int]:
         for d, dirs, names in os.walk(root):
             dirs.sort()
             for n in sorted(names):
-                if io.is_nifti_name(n):
+                if n.startswith("._"):
+                    ignored += 1  # macOS resource forks that tar copies beside each file
+                elif io.is_nifti_name(n):
                     files.append(os.path.abspath(os.path.join(d, n)))
                 elif not n.startswith("."):
                     ignored += 1
     return sorted(files), ignored
 
 
-def make_datalist(roots, out, *, min_side: int = 16, verify: bool = False, workers: int = 1,
-                  val_fraction: float = 0.0, seed: int = 0, absolute: bool = False) -> Report:
-    """Scan folders for NIfTI files (headers only unless ``verify``) and write a Decathlon JSON."""
+def seeded_split(entries: list, fraction: float, seed: int) -> tuple[list, list]:
+    """(training, validation): ``round(fraction * n)`` entries drawn with ``seed``, order kept."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {fraction}")
+    n_val = int(round(len(entries) * fraction))
+    val_idx = set(np.random.default_rng(seed).permutation(len(entries))[:n_val].tolist())
+    return ([e for i, e in enumerate(entries) if i not in val_idx],
+            [e for i, e in enumerate(entries) if i in val_idx])
+
+
+def ensure_writable(out) -> str:
+    """Fail early, naming ``out``, when the datalist cannot be written there."""
+    out = os.fspath(out)
+    base = os.path.dirname(os.path.abspath(out))
+    if os.path.isdir(out):
+        raise DataError(out, "is a directory; --out needs a file name such as list.json")
+    try:
+        os.makedirs(base, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=base, prefix=".write_test_"):
+            pass
+    except OSError as e:
+        raise DataError(out, f"cannot write the datalist there ({e.strerror or e})") from None
+    return out
+
+
+def make_datalist(roots, out, *, min_side: int = 16, verify: bool = True, workers: int | None = None,
+                  val_fraction: float = 0.0, seed: int = 0, absolute: bool = False,
+                  task: str = "pretrain", modality: str | None = None, progress=None) -> Report:
+    """Scan folders for NIfTI files, check each for ``task`` (whole files unless not ``verify``), write a Decathlon JSON."""
     if isinstance(roots, (str, os.PathLike)):
         roots = [roots]
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     files, ignored = scan_folders([os.fspath(r) for r in roots])
-    rep = Report(ignored=ignored)
-    for path, shape, channels, reason in _map(_inspect, [(f, min_side, verify) for f in files],
-                                              workers):
-        if reason is None:
-            rep.ok.append(path)
-        else:
-            rep.problems.append((path, reason))
-    if not rep.ok:
+    ensure_writable(out)
+    rep = run_checks({"training": [{"image": f} for f in files]}, task=task, verify=verify,
+                     min_side=min_side, workers=workers, modality=modality, progress=progress,
+                     report=Report(ignored=ignored))
+    good = rep.splits.get("training", [])
+    if not good:
         raise DataError(", ".join(map(os.fspath, roots)),
                         f"no usable NIfTI volume found ({rep.summary()})")
-    base = os.path.dirname(os.path.abspath(out))
-    rel = (lambda p: p) if absolute else (lambda p: os.path.relpath(p, base))
-    entries = [{"image": rel(p)} for p in rep.ok]
-    n_val = int(round(len(entries) * val_fraction))
-    order = np.random.default_rng(seed).permutation(len(entries))
-    val_idx = set(order[:n_val].tolist())
-    doc = {"training": [e for i, e in enumerate(entries) if i not in val_idx],
-           "validation": [e for i, e in enumerate(entries) if i in val_idx]}
-    os.makedirs(base, exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(doc, f, indent=1)
+    train, val = seeded_split(good, val_fraction, seed)
+    rep.splits = {"training": train, "validation": val}
+    write_splits(out, rep.splits, absolute=absolute)
     return rep
 
 
-def check_datalist(path_or_paths, *, root=None, split: str = "training", verify: bool = True,
-                   min_side: int = 0, workers: int = 1) -> Report:
-    """Validate every file of a datalist: missing, unreadable, wrong-dimensional, NaN, constant."""
-    records = read_datalist(path_or_paths, root=root, split=split)
-    jobs, pairs = [], []
-    for r in records:
-        for k in PATH_KEYS:
-            if k in r:
-                for p in (r[k] if isinstance(r[k], list) else [r[k]]):
-                    # Labels may be constant (all background) legitimately: headers only for them.
-                    jobs.append((p, min_side if k == "image" else 0, verify and k != "label"))
-        if isinstance(r.get("label"), str) and isinstance(r.get("image"), str):
-            pairs.append((r["image"], r["label"]))
-    rep = Report()
-    seen = {}
-    for path, shape, _, reason in _map(_inspect, list(dict.fromkeys(jobs)), workers):
-        seen[path] = shape
-        if reason is None:
-            rep.ok.append(path)
-        else:
-            rep.problems.append((path, reason))
-    for img, lab in pairs:
-        if seen.get(img) and seen.get(lab) and seen[img] != seen[lab]:
-            rep.problems.append((lab, f"label shape {seen[lab]} differs from image {img} "
-                                      f"shape {seen[img]}"))
-    return rep
+def _load_doc(path):
+    if not os.path.isfile(path):
+        raise DataError(path, "datalist not found")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(path, f"not valid JSON ({e})") from None
+
+
+def check_datalist(path_or_paths, *, root=None, split: str | None = None, verify: bool = True,
+                   min_side: int = 0, workers: int | None = None, task: str = "auto",
+                   modality: str | None = None, in_channels: int | None = None,
+                   num_classes: int | None = None, label_map=(), labels=None,
+                   progress=None) -> Report:
+    """Check every entry of a datalist for ``task`` ("auto": from its keys); ``Report.splits`` is the clean list.
+
+    ``split`` None checks every split present (training, validation, test). ``verify``
+    False reads headers only: the fast path for a pre-run check of a large list.
+    """
+    paths = _as_paths(path_or_paths)
+    docs = [_load_doc(p) for p in paths]
+    wanted = [split] if split else [s for s in SPLITS
+                                    if any(isinstance(d, dict) and d.get(s) for d in docs)]
+    if not split and "training" not in wanted:
+        wanted.insert(0, "training")  # every list needs one: read_datalist names what is missing
+    by_split = {}
+    for s in wanted:
+        recs = []
+        for p, d in zip(paths, docs):
+            if split or s == "training" or d.get(s):
+                recs += read_datalist(p, root=root, split=s)
+        by_split[s] = recs
+    first = docs[0] if isinstance(docs[0], dict) else {}
+    if task == "auto":  # the task make_datalist --from wrote, else one read from the keys
+        task = (first.get("task") if first.get("task") in checks.TASKS
+                else infer_task(by_split.get("training") or next(iter(by_split.values()))))
+    if labels is None:
+        labels = declared_labels(first)
+    rep = Report(extra={k: v for k, v in first.items() if k not in SPLITS})
+    return run_checks(by_split, task=task, verify=verify, min_side=min_side, workers=workers,
+                      modality=modality, labels=labels, in_channels=in_channels,
+                      num_classes=num_classes, label_map=label_map, progress=progress, report=rep)
+
+
+def check_headers(path_or_paths, *, root=None, split: str | None = "training", task: str = "auto",
+                  min_side: int = 0, workers: int | None = None, **rules) -> Report:
+    """Header-only check of every entry for ``task`` (the fast pre-run check: about 1 ms a file).
+
+    Finds missing and unreadable files, wrong dimensions or channel counts for the task,
+    volumes under ``min_side`` and image/label grids that differ; ``rules`` are
+    ``check_datalist``'s (modality, in_channels, num_classes, label_map, labels).
+    """
+    return check_datalist(path_or_paths, root=root, split=split, verify=False, task=task,
+                          min_side=min_side, workers=workers, **rules)
+
+
+def write_clean(report: Report, out, *, absolute: bool = False) -> str:
+    """Write the entries that passed a check as a datalist, with the original's other keys."""
+    splits = {s: report.splits.get(s, []) for s in list(report.splits) + list(report.dropped)}
+    return write_splits(out, splits, extra=report.extra, absolute=absolute)
 
 
 def _cache_name(path: str) -> str:
@@ -234,10 +345,8 @@ def cache_uncompressed(records: list[dict], cache_dir) -> list[dict]:
     return out
 
 
-def write_datalist(records: list[dict], out, *, split: str = "training",
-                   validation: list[dict] | None = None, extra: dict | None = None,
-                   absolute: bool = False) -> str:
-    """Write records as a Decathlon JSON (paths relative to its folder unless ``absolute``)."""
+def write_splits(out, splits: dict, *, extra: dict | None = None, absolute: bool = False) -> str:
+    """Write ``{split: entries}`` as a Decathlon JSON (paths relative to its folder unless ``absolute``)."""
     base = os.path.dirname(os.path.abspath(out))
 
     def rel(v):
@@ -245,14 +354,22 @@ def write_datalist(records: list[dict], out, *, split: str = "training",
             return [rel(x) for x in v]
         return v if absolute or not isinstance(v, str) else os.path.relpath(v, base)
 
-    def entries(rs):
-        return [{k: (rel(v) if k in PATH_KEYS else v) for k, v in r.items()} for r in rs]
-
-    doc = {split: entries(records)}
-    if validation is not None:
-        doc["validation"] = entries(validation)
-    doc.update(extra or {})
+    doc = {s: [{k: (rel(v) if k in PATH_KEYS else v) for k, v in r.items()} for r in rs]
+           for s, rs in splits.items()}
+    doc.update({k: v for k, v in (extra or {}).items() if k not in doc})
     os.makedirs(base, exist_ok=True)
-    with open(out, "w") as f:
+    tmp = os.fspath(out) + ".part"
+    with open(tmp, "w") as f:
         json.dump(doc, f, indent=1)
+    os.replace(tmp, out)  # a list is never left half-written
     return os.fspath(out)
+
+
+def write_datalist(records: list[dict], out, *, split: str = "training",
+                   validation: list[dict] | None = None, extra: dict | None = None,
+                   absolute: bool = False) -> str:
+    """Write records as a Decathlon JSON (paths relative to its folder unless ``absolute``)."""
+    splits = {split: records}
+    if validation is not None:
+        splits["validation"] = validation
+    return write_splits(out, splits, extra=extra, absolute=absolute)

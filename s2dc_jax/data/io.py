@@ -124,13 +124,85 @@ class RawVolume:
     info: VolumeInfo
 
 
-def open_raw(path, *, mmap: bool = True) -> RawVolume:
-    """RAS view of the unscaled voxels; for ``.nii`` this maps the file instead of reading it."""
-    img = _open(path) if mmap else nib.load(os.fspath(path), mmap=False)
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _gzip_error(path, why, size) -> DataError:
+    return DataError(path, f"corrupt or truncated: {why} ({size} bytes on disk)")
+
+
+def read_verified_bytes(path) -> bytes:
+    """The whole decompressed stream of a ``.nii.gz``, every member's CRC32 and length checked."""
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        comp = f.read()
+    if comp[:2] != _GZIP_MAGIC:
+        raise DataError(path, "not a gzip file, though named .nii.gz")
+    parts, rest = [], comp
+    while rest:
+        # wbits=31: zlib parses the gzip wrapper and compares each member's trailer (CRC32
+        # and size) with what it inflated; nibabel stops after the voxel bytes and never
+        # reads the trailer, so a cut or bit-flipped file can load without an error.
+        d = zlib.decompressobj(wbits=31)
+        try:
+            parts.append(d.decompress(rest))
+        except zlib.error as e:
+            msg = str(e)
+            why = ("gzip CRC check failed (the decompressed bytes are not the ones written)"
+                   if "incorrect data check" in msg else
+                   "gzip length check failed (the decompressed size is not the one written)"
+                   if "incorrect length check" in msg else f"zlib.error: {msg}")
+            raise _gzip_error(path, why, len(comp)) from None
+        if not d.eof:
+            raise _gzip_error(path, "the gzip stream ends before its end-of-stream marker",
+                              len(comp))
+        rest = d.unused_data.lstrip(b"\x00")  # some writers pad with zeros after a member
+        if rest and rest[:2] != _GZIP_MAGIC:
+            raise _gzip_error(path, f"{len(rest)} bytes after the end of the gzip stream are "
+                                    "not gzip", len(comp))
+    return b"".join(parts)
+
+
+def _open_verified(path):
+    """(image, unscaled voxels) of a ``.nii.gz`` read whole and checked, voxels without a copy."""
+    raw = read_verified_bytes(path)
+    size = int.from_bytes(raw[:4], "little") if len(raw) >= 4 else 0
+    if size not in (348, 540):
+        size = int.from_bytes(raw[:4], "big")
+    klass = {348: nib.Nifti1Image, 540: nib.Nifti2Image}.get(size)
+    if klass is None:
+        raise DataError(path, "not a readable NIfTI file (decompressed data has no NIfTI header)")
+    try:
+        img = klass.from_bytes(raw)
+    except (nib.filebasedimages.ImageFileError, ValueError, EOFError, OSError) as e:
+        raise DataError(path, f"not a readable NIfTI file ({type(e).__name__}: {e})") from None
+    p = img.dataobj
+    count = int(np.prod(p.shape))
+    need = int(p.offset) + count * p.dtype.itemsize
+    if len(raw) < need:
+        raise DataError(path, f"cannot read voxel data, corrupt or truncated (the gzip stream "
+                              f"holds {len(raw)} bytes, the header needs {need})")
+    # A view of the decompressed bytes: nibabel's own read would copy them once more.
+    data = np.frombuffer(raw, p.dtype, count, int(p.offset)).reshape(p.shape, order=p.order)
+    return img, data
+
+
+def open_raw(path, *, mmap: bool = True, verify_stream: bool = False) -> RawVolume:
+    """RAS view of the unscaled voxels; for ``.nii`` this maps the file instead of reading it.
+
+    ``verify_stream`` reads a ``.nii.gz`` to the end of its gzip stream and checks the CRC
+    (a truncated or bit-flipped file is a DataError); the voxels then come from memory.
+    """
+    raw = None
+    if verify_stream and os.fspath(path).lower().endswith(".nii.gz"):
+        _open(path)  # the usual "file not found" / "not a readable NIfTI" messages first
+        img, raw = _open_verified(path)
+    else:
+        img = _open(path) if mmap else nib.load(os.fspath(path), mmap=False)
     info, ornt = _info(path, img)
     proxy = img.dataobj
     try:
-        raw = np.asanyarray(proxy.get_unscaled())
+        raw = np.asanyarray(proxy.get_unscaled()) if raw is None else raw
     except (EOFError, OSError, zlib.error, gzip.BadGzipFile, ValueError) as e:
         raise DataError(path, f"cannot read voxel data, corrupt or truncated "
                               f"({type(e).__name__}: {e})") from None

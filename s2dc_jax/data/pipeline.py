@@ -111,11 +111,12 @@ class PretrainTransform:
         self.ranges = ranges
 
     def load(self, path, rng) -> np.ndarray:
-        """f32[X, Y, Z] large ROI of one file."""
+        """f32[X, Y, Z] large ROI of one file, which must pass ``check_volume`` for pretraining."""
+        # The rules of listing and --check (header part, so a step still reads only its ROI of
+        # a memory-mapped file): what they reject is rejected here in the same words. The voxel
+        # rules (NaN, constant, no foreground) are met by pretrain_volume while it crops.
+        datalist_lib.check_volume(path, task="pretrain", min_side=self.min_side, full=False)
         raw = io.open_raw(path)
-        if raw.info.channels != 1:
-            raise DataError(path, f"has {raw.info.channels} channels; pretraining reads "
-                                  "single-channel volumes (split modalities into files)")
         return presets.pretrain_volume(raw.data, rng, modality=self.modality, roi=self.roi,
                                        slope=raw.slope, inter=raw.inter, path=path,
                                        min_side=self.min_side)
@@ -147,19 +148,55 @@ class BadRecordError(RuntimeError):
 
 
 class _GuardIterator(grain.DatasetIterator):
-    """Strips the bookkeeping keys, counts and logs bad records, stops past the allowed fraction."""
+    """Strips the bookkeeping keys, counts each bad file once, stops in one line past the allowed fraction.
 
-    def __init__(self, parent, paths, max_bad_fraction, min_seen, batch_size):
+    ``records_bad`` counts distinct files (a bad file drawn again in a later epoch is not a
+    new failure); the fraction is over the distinct records seen, at most the host's list.
+    Each bad file's reason comes from ``check_volume``, the rules of ``--check``.
+    """
+
+    def __init__(self, parent, paths, max_bad_fraction, min_seen, batch_size, *, min_side=0,
+                 modality=None, datalist=None):
         super().__init__(parent)
         self._paths, self._max, self._min_seen = paths, float(max_bad_fraction), int(min_seen)
-        self.seen, self.bad = 0, 0
-        self.recent_bad = collections.deque(maxlen=32)
+        self._min_side, self._modality, self._datalist = int(min_side), modality, datalist
+        self.seen = 0       # records drawn, retries included
+        self.failed = {}    # path -> reason, in the order found
+
+    @property
+    def bad(self) -> int:
+        """Distinct files that failed to load."""
+        return len(self.failed)
 
     @property
     def stats(self) -> dict:
-        """Counts for logging: records tried, records that failed, the fraction."""
+        """Counts for logging: records tried, distinct files that failed, their fraction."""
         return {"data/records_seen": self.seen, "data/records_bad": self.bad,
-                "data/bad_fraction": self.bad / max(self.seen, 1)}
+                "data/bad_fraction": self.bad / max(min(self.seen, len(self._paths)), 1)}
+
+    def _reason(self, path) -> str:
+        try:
+            datalist_lib.check_volume(path, task="pretrain", min_side=self._min_side, full=True,
+                                      modality=self._modality)
+        except DataError as e:
+            return " ".join(e.reason.split())  # one line, whatever the exception said
+        except Exception as e:  # noqa: BLE001  naming the reason must not hide the stop
+            return f"{type(e).__name__}: {' '.join(str(e).split())}"
+        return (f"the reader failed on it, but it passes check_volume(min_side={self._min_side}) "
+                "now: a passing I/O error, or a rule of the crop (see the warning with its path)")
+
+    def _stop_line(self) -> str:
+        n = max(min(self.seen, len(self._paths)), 1)
+        named = [f"{p} ({r})" for p, r in list(self.failed.items())[:3]]
+        more = f" and {self.bad - 3} more" if self.bad > 3 else ""
+        lists = self._datalist
+        lists = " ".join(lists) if isinstance(lists, (list, tuple)) else (lists or "LIST.json")
+        opts = f" --min-side {self._min_side}" if self._min_side else ""
+        opts += f" --modality {self._modality}" if self._modality else ""
+        return (f"pretraining stopped: {self.bad} of {n} records failed to load, more than "
+                f"data.max_bad_fraction={self._max}: {'; '.join(named)}{more}. Run `python "
+                f"launch/make_datalist.py --check {lists}{opts} --out clean.json` to name every "
+                "bad file and write the list without them.")
 
     def __next__(self):
         batch = dict(next(self._parent))
@@ -167,24 +204,29 @@ class _GuardIterator(grain.DatasetIterator):
         pos = batch.pop(_BAD_POS)
         self.seen += int(pos.shape[0]) + bad
         if bad:
-            self.bad += bad
             for p in pos[pos >= 0].tolist():
-                self.recent_bad.append(self._paths[p])
-                log.warning("skipped bad record %s (%d of %d records seen failed)",
-                            self._paths[p], self.bad, self.seen)
-            if self.seen >= self._min_seen and self.bad > self._max * self.seen:
-                raise BadRecordError(
-                    f"{self.bad} of {self.seen} records failed to load, more than "
-                    f"data.max_bad_fraction={self._max}; recent: {list(self.recent_bad)[-5:]}. "
-                    "Run `python launch/make_datalist.py --check LIST.json` to list them.")
+                path = self._paths[p]
+                if path in self.failed:
+                    continue  # counted and logged when it first failed
+                self.failed[path] = self._reason(path)
+                log.warning("skipped bad record %s: %s (%d distinct bad file(s), %d records seen)",
+                            path, self.failed[path], self.bad, self.seen)
+            n = min(self.seen, len(self._paths))
+            if self.seen >= self._min_seen and self.bad > self._max * n:
+                line = self._stop_line()
+                log.error("%s", line)
+                raise BadRecordError(line)
         return batch
 
     def get_state(self):
-        return {"parent": self._parent.get_state(), "seen": self.seen, "bad": self.bad}
+        return {"parent": self._parent.get_state(), "seen": self.seen,
+                "bad_files": [[p, r] for p, r in self.failed.items()]}
 
     def set_state(self, state):
         self._parent.set_state(state["parent"])
-        self.seen, self.bad = int(state["seen"]), int(state["bad"])
+        self.seen = int(state["seen"])
+        # States written before distinct counting carry only a count: start the list afresh.
+        self.failed = {p: r for p, r in state.get("bad_files", [])}
 
 
 class PretrainDataset(grain.IterDataset):
