@@ -204,10 +204,10 @@ def test_brats_folders_become_a_datalist_in_the_configs_channel_order(tmp_path, 
     # Read back as fine-tuning reads it: channel k is the config's k-th modality, ET becomes class 3.
     cfg = _config("brats21")
     cfg.data.datalist = str(out)
-    from s2dc_jax.tasks.data import load_case  # noqa: PLC0415  (pulls in the fine-tuning code)
+    from s2dc_jax.tasks.finetune import FinetuneTask  # noqa: PLC0415  (pulls in the fine-tuning code)
     entries = data.read_datalist(out)
     assert len(entries) == 3
-    case = load_case(entries[0], cfg)
+    case = FinetuneTask(cfg).load_case(entries[0])
     raw = [data.load_volume(p)[0].mean() for p in entries[0]["image"]]
     assert raw == sorted(raw) and 90 < raw[0] < 110 and 390 < raw[3] < 410  # t1, t1ce, t2, flair
     assert case.image.shape[-1] == 4
@@ -229,8 +229,8 @@ def test_brats_translation_entries_and_label_checks(tmp_path, capsys):
     # Case 2 lacks only FLAIR, which translation t1 -> t2 does not need.
     assert len(doc["training"]) + len(doc["validation"]) == 4
     cfg = _config("brats23_t1_t2")
-    from s2dc_jax.tasks.data import load_case  # noqa: PLC0415
-    c = load_case(data.read_datalist(out)[0], cfg)
+    from s2dc_jax.tasks.finetune import FinetuneTask  # noqa: PLC0415
+    c = FinetuneTask(cfg).load_case(data.read_datalist(out)[0])
     assert c.image.shape[-1] == 1 and c.target.shape[-1] == 1
     root21, _ = _brats(tmp_path / "b21", "2021", n=2)
     bad = root21 / "BraTS2021_00000" / "BraTS2021_00000_seg.nii.gz"

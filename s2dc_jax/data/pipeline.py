@@ -11,7 +11,6 @@ a clear error when more than ``max_bad_fraction`` of the records it has seen fai
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
 import logging
 import os
@@ -243,7 +242,9 @@ class PretrainDataset(grain.IterDataset):
 
     def __iter__(self):
         return _GuardIterator(self._parent.__iter__(), self._paths,
-                              self._cfg.max_bad_fraction, self._cfg.bad_min_seen, self._batch_size)
+                              self._cfg.max_bad_fraction, self._cfg.bad_min_seen, self._batch_size,
+                              min_side=self._cfg.min_side, modality=self._cfg.modality,
+                              datalist=self._cfg.datalist)
 
     def __str__(self):
         return "PretrainDataset"
