@@ -24,11 +24,13 @@ class Task:
     name: str = "task"
     # evaluate()'s key that picks the best checkpoint (higher is better); None: no best checkpoint.
     main_metric: str | None = None
-    # metrics shown on the progress bar (keys of train_step's metrics), with their formats
-    progress: tuple[tuple[str, str], ...] = (("loss", ".4f"),)
+    # metrics shown on the progress bar, with their formats: "train/<key of train_step's metrics>"
+    # or "val/<key of evaluate's scores>" (the latest evaluation)
+    progress: tuple[tuple[str, str], ...] = (("train/loss", ".4f"),)
 
     def __init__(self, config):
         self.config = config
+        self.mesh = None  # the run's mesh, set by the loop before `validate`
 
     def validate(self, num_devices: int) -> None:
         """ValueError naming the first config field that cannot work on `num_devices` devices."""
@@ -68,8 +70,17 @@ class Task:
         raise NotImplementedError
 
     def evaluate(self, params, out_dir: Path | None = None) -> dict | None:
-        """Scores of `params` (this process's copy, on its first device); writes predictions into `out_dir`."""
+        """Scores of ``params`` (the replicated global arrays); writes predictions into ``out_dir`` if given.
+
+        Called on every process at the same steps (collectives over the mesh are allowed);
+        ``out_dir`` is given on process 0 only. None: the task does not evaluate.
+        """
         del params, out_dir
+        return None
+
+    def images(self, params) -> dict | None:
+        """Pictures for TensorBoard every ``config.image_every`` steps: ``{name: uint8[H, W, 3]}``; None: none."""
+        del params
         return None
 
 
@@ -119,3 +130,8 @@ def mean_gradients(grads):
     gradients of each device's mean loss; dividing by the device count makes the mean.
     """
     return jax.tree.map(lambda g: g / jax.lax.axis_size(AXIS), grads)
+
+
+def first_device(tree):
+    """This process's copy of a replicated tree, on its first device (for work that is not sharded)."""
+    return jax.tree.map(lambda a: a.addressable_data(0), tree)

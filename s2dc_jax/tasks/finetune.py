@@ -23,7 +23,7 @@ import optax
 from s2dc_jax.tasks import classification, regression, segmentation
 from s2dc_jax.tasks import data as task_data
 from s2dc_jax.tasks import finetune_config
-from s2dc_jax.tasks.base import AXIS, Task, make_optimizer, mean_gradients
+from s2dc_jax.tasks.base import AXIS, Task, first_device, make_optimizer, mean_gradients
 from s2dc_jax.tasks.init import pretrained_params
 
 KINDS = {"segmentation": segmentation, "classification": classification,
@@ -109,9 +109,10 @@ class FinetuneTask(Task):
         return dict(state, params=params, opt_state=opt_state), metrics
 
     def evaluate(self, params, out_dir=None):
+        # On this process's first device: the windows of one volume are too few to shard usefully.
         save = out_dir is not None and self.config.eval.save_predictions
-        return self.kind.evaluate(self.predict, params, self.val_cases, self.val_entries, self.config,
-                                  Path(out_dir) if save else None)
+        return self.kind.evaluate(self.predict, first_device(params), self.val_cases, self.val_entries,
+                                  self.config, Path(out_dir) if save else None)
 
 
 def _make_predictor(model, config, dense: bool):

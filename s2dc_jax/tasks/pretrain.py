@@ -48,7 +48,7 @@ class PretrainTask(Task):
     """S2DC: student and EMA teacher, patch matching, Sharpe consistency, InfoNCE with a queue."""
 
     name = "pretrain"
-    progress = (("loss", ".4f"), ("corr_acc", ".3f"))
+    progress = (("train/loss", ".4f"), ("train/corr_acc", ".3f"))
 
     def __init__(self, config):
         super().__init__(config)

@@ -39,6 +39,13 @@ class RunLog:
             self._tb.add_scalar(k, float(v), step)
         self.line(f"{label} {step} " + json.dumps({k: round(float(v), 6) for k, v in values.items()}))
 
+    def images(self, step: int, pictures: dict) -> None:
+        """TensorBoard images ``{name: uint8[H, W, 3]}`` for ``step``."""
+        if not self.enabled:
+            return
+        for name, img in pictures.items():
+            self._tb.add_image(name, img, step, dataformats="HWC")
+
     def close(self) -> None:
         if self.enabled:
             self._tb.close()

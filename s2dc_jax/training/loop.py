@@ -23,7 +23,7 @@ from tqdm import tqdm
 from s2dc_jax.tasks.base import AXIS, Task
 from s2dc_jax.training.checkpoint import Checkpoints
 from s2dc_jax.training.logs import RunLog
-from s2dc_jax.training.mesh import batch_sharding, first_device, make_mesh, replicated, to_global
+from s2dc_jax.training.mesh import batch_sharding, make_mesh, replicated, to_global
 
 
 class TrainingError(RuntimeError):
@@ -166,6 +166,7 @@ def run(task: Task, workdir: str | os.PathLike) -> dict:
     config = task.config
     mesh = make_mesh(config.get("num_devices", 0))
     n_dev = mesh.devices.size
+    task.mesh = mesh
     task.validate(n_dev)
     workdir = Path(workdir).absolute()
     main = jax.process_index() == 0
@@ -197,10 +198,13 @@ def run(task: Task, workdir: str | os.PathLike) -> dict:
         sharding = batch_sharding(mesh)
         on_cpu = mesh.devices.flat[0].platform == "cpu"
         eval_every, eval_at_start = _eval_config(config)
+        image_every = int(config.get("image_every", 0) or 0)
         history: list[tuple[int, dict]] = []
 
+        shown: dict = {}  # the progress bar's figures
+
         def evaluate(step: int, out_dir: Path | None = None) -> dict | None:
-            m = task.evaluate(first_device(state["params"]), out_dir if main else None)
+            m = task.evaluate(state["params"], out_dir if main else None)
             if m is None:
                 return None
             if jax.process_count() > 1:  # process 0's scores are everyone's: the same best checkpoint everywhere
@@ -208,6 +212,7 @@ def run(task: Task, workdir: str | os.PathLike) -> dict:
             m = {k: float(v) for k, v in m.items()}
             history.append((step, m))
             logs.scalars(step, {f"val/{k}": v for k, v in m.items()}, label="eval step")
+            shown.update({f"val/{k}": v for k, v in m.items()})
             if task.main_metric:
                 ckpts.save_best(step, state["params"], m)
             return m
@@ -234,7 +239,7 @@ def run(task: Task, workdir: str | os.PathLike) -> dict:
             # The first step is logged on its own: its metrics are those of the starting parameters.
             if step % config.log_every == 0 or step == total or step == start + 1 or stop:
                 last = train.flush(config.batch_size, dict(getattr(data_iter, "stats", {})))
-                bar.set_postfix({k: format(last[f"train/{k}"], f) for k, f in task.progress}, refresh=False)
+                shown.update(last)
                 if train.too_many_skipped:
                     if saved != step:
                         ckpts.save(step, state, data_iter)  # the state is the last finite one
@@ -244,6 +249,12 @@ def run(task: Task, workdir: str | os.PathLike) -> dict:
                         f"check the data.")
             if eval_every and (step % eval_every == 0 or step == total) and not stop:
                 evaluate(step, workdir / "predictions" if step == total else None)
+            if image_every and (step % image_every == 0 or step == start + 1) and not stop:
+                pictures = task.images(state["params"])
+                if pictures:
+                    logs.images(step, pictures)
+            bar.set_postfix({k.split("/", 1)[1]: format(shown[k], f) for k, f in task.progress if k in shown},
+                            refresh=False)
             if stop:
                 break
         bar.close()
@@ -260,10 +271,7 @@ def run(task: Task, workdir: str | os.PathLike) -> dict:
             scores = dict(history).get(best)
             if not history or history[-1][0] != best:  # the predictions written at the end are the last step's
                 params = ckpts.restore_best_params(abstract_state(task, mesh)["params"])
-                if main:  # the others wait below rather than redo it
-                    scores = task.evaluate(first_device(params), workdir / "predictions")
-                if jax.process_count() > 1:
-                    multihost_utils.sync_global_devices("best checkpoint evaluated")
+                scores = task.evaluate(params, workdir / "predictions" if main else None)
             result["best"] = scores
             logs.line(f"done: {step} steps; best checkpoint {workdir / 'best' / str(best)}: {_fmt(scores or {})}")
         else:

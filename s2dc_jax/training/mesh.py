@@ -33,8 +33,3 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 def to_global(batch: dict, sharding: NamedSharding) -> dict:
     """This process's rows of a global batch (numpy) -> global arrays; the copies to the devices are asynchronous."""
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
-
-
-def first_device(tree):
-    """This process's copy of a replicated tree, on its first device (evaluation runs there)."""
-    return jax.tree.map(lambda a: a.addressable_data(0), tree)
