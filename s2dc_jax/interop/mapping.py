@@ -2,8 +2,11 @@
 
 Conversion is data: `RULES` pairs a flax path template with a MONAI key template and a
 transform kind; the same table runs in both directions. Every load returns a
-`LoadReport` (matched, missing, unexpected, skipped, buffers); a shape mismatch is a
-ValueError naming the key and both shapes. Nothing is dropped silently.
+`LoadReport` (matched, missing, unexpected, ignored, skipped, buffers); a shape mismatch
+is a ValueError naming the key and both shapes. Nothing is dropped silently: the parts
+of a training checkpoint that are not the chosen encoder (the authors' S2DC layout: the
+other EMA copy, projection heads, queue) are listed as ignored, anything else unknown
+as unexpected.
 """
 from __future__ import annotations
 
@@ -16,9 +19,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from s2dc_jax.interop.merging import merging_from_metadata, resolve_merging
 from s2dc_jax.models.swin import relative_position_index
 
 ENCODER_PREFIX = "swinViT."
+SOURCES = ("student", "teacher")  # the two EMA copies of a pretraining checkpoint
+_WRAPPERS = ("module.", "model.")  # DDP / wrapper prefixes, stripped wherever they appear first
+# Keys of the authors' S2DC checkpoint (S2DCTokenHead, commit b65c9aa) that are not encoder weights:
+# in each copy the two projection heads and the unused `encoder_cof` block; beside them the InfoNCE queue
+S2DC_HEAD_RE = re.compile(
+    r"^(?:proj_head_(?:geo|cl)\.layer[123]\.0\.(?:weight|bias)|encoder_cof\.layer\.conv[12]\.conv\.weight)$"
+)
+S2DC_QUEUE_KEYS = ("queue_cl", "queue_ptr")
 
 # Templates: `{s}` and `{b}` match digits, `{m}` a lowercase name with digits (conv1, linear2),
 # `{e}` a block name such as encoder10 / decoder5. Kinds say how the array is transformed.
@@ -114,6 +126,22 @@ def monai_to_flax_key(key: str) -> tuple[str, str] | None:
     return None
 
 
+def split_copy(key: str) -> tuple[str | None, str]:
+    """('student' | 'teacher' | None, the key without wrapper prefixes and the copy's)."""
+    copy = None
+    changed = True
+    while changed:
+        changed = False
+        for p in _WRAPPERS + tuple(f"{c}." for c in SOURCES):
+            if key.startswith(p):
+                if p[:-1] in SOURCES:
+                    if copy is not None:
+                        return copy, key  # 'student.teacher.' is no layout we know: leave it to fail
+                    copy = p[:-1]
+                key, changed = key[len(p) :], True
+    return copy, key
+
+
 def normalize_key(key: str) -> str:
     """Real checkpoints' spellings to MONAI's: strip `module.`/`student.`, `swin_vit` -> `swinViT`."""
     changed = True
@@ -136,12 +164,17 @@ class LoadReport:
     unexpected: list[str] = dataclasses.field(default_factory=list)  # file keys with no place in the model
     skipped: list[str] = dataclasses.field(default_factory=list)  # file keys excluded by `skip` patterns
     buffers: list[str] = dataclasses.field(default_factory=list)  # relative_position_index, checked not loaded
+    # known parts of a training checkpoint that are not the chosen encoder: the other EMA copy,
+    # the S2DC heads and queue, and (from files) top-level entries such as `optimizer`, `epoch`
+    ignored: list[str] = dataclasses.field(default_factory=list)
+    merging: str | None = None  # the merging rule the weights need, as far as the load could tell
+    notes: list[str] = dataclasses.field(default_factory=list)  # one-line hints to show the user
 
     def summary(self) -> str:
         """One line of counts, plus the first few missing/unexpected names."""
         s = (
             f"matched {len(self.matched)}, missing {len(self.missing)}, unexpected {len(self.unexpected)}, "
-            f"skipped {len(self.skipped)}, buffers {len(self.buffers)}"
+            f"ignored {len(self.ignored)}, skipped {len(self.skipped)}, buffers {len(self.buffers)}"
         )
         for name in ("missing", "unexpected"):
             keys = getattr(self, name)
@@ -259,6 +292,9 @@ def from_monai(
     init_params: Mapping | None = None,
     skip: str | Iterable[str] | None = None,
     what: str = "auto",
+    source: str = "student",
+    merging: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
 ) -> tuple[dict, LoadReport]:
     """MONAI-layout state dict (numpy or torch) -> (flax params, LoadReport).
 
@@ -271,14 +307,42 @@ def from_monai(
     loaded are reported missing and, when `init_params` is given, keep its values.
     `skip`: regular expressions; a MONAI key or flax path matching any is not loaded
     (e.g. `patch_embed.proj|encoder1.layer.conv[13]` when in_channels differ).
+    `source`: which EMA copy of a pretraining checkpoint (`student.*` / `teacher.*` keys) to
+    load; the other copy, when it is a whole twin, and the S2DC heads and queue are reported
+    `ignored`. `merging`: the rule the caller's model uses (default: `model.merging`);
+    `metadata`: the file's string metadata. `report.merging` is the rule the weights need
+    (the recorded one wins) and `report.notes` says when the file records none.
     """
     if what not in ("auto", "encoder", "swinunetr"):
         raise ValueError(f"what must be one of ('auto', 'encoder', 'swinunetr'), got {what!r}")
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
     skips = _compile_skip(skip)
     report = LoadReport()
+    _resolve_report_merging(report, model, merging, metadata)
+    copies: dict[str | None, set[str]] = {c: set() for c in (*SOURCES, None)}
+    for raw_key in state_dict:
+        copy, rest = split_copy(raw_key)
+        copies[copy].add(rest)
+    other = SOURCES[1 - SOURCES.index(source)]
+    if not copies[source] and copies[other] and not copies[None] - set(S2DC_QUEUE_KEYS):
+        raise ValueError(f"source={source!r} but the weights have no {source}.* keys, only "
+                         f"{len(copies[other])} {other}.* ones; pass source={other!r} (init.source={other})")
+    # the other EMA copy is known only when it mirrors the chosen one key for key; a partial
+    # copy is no layout we know, so its keys stay unexpected
+    twin = bool(copies[other]) and copies[other] == copies[source]
     converted: dict[str, tuple[str, str, np.ndarray]] = {}  # flax path -> (src key, kind, array)
+    normalized: dict[str, str] = {}  # src key -> its MONAI spelling, which `skip` patterns see
     for raw_key, value in state_dict.items():
-        key = normalize_key(raw_key)
+        copy, rest = split_copy(raw_key)
+        if S2DC_HEAD_RE.match(rest) or (copy is None and rest in S2DC_QUEUE_KEYS):
+            report.ignored.append(raw_key)
+            continue
+        if copy == other:
+            (report.ignored if twin else report.unexpected).append(raw_key)
+            continue
+        key = normalize_key(rest)
+        normalized[raw_key] = key
         if _BUFFER_RE.match(key.removeprefix(ENCODER_PREFIX)):
             _check_buffer(raw_key, value, state_dict, key)
             report.buffers.append(raw_key)
@@ -321,7 +385,7 @@ def from_monai(
 
     out: dict[str, Any] = {}
     for path, (raw_key, kind, arr) in rooted.items():
-        if any(s.search(normalize_key(raw_key)) or s.search(path) for s in skips):
+        if any(s.search(normalized[raw_key]) or s.search(path) for s in skips):
             report.skipped.append(raw_key)
             continue
         if path not in expected:
@@ -342,6 +406,20 @@ def from_monai(
         for p in report.missing:
             out[p] = init_flat[p]
     return unflatten_params(out), report
+
+
+def _resolve_report_merging(report: LoadReport, model, merging: str | None, metadata) -> None:
+    """Fill `report.merging` / `report.notes` from the file's record, the caller's rule and the model's."""
+    has_model_rule = model is not None and hasattr(model, "merging")
+    if merging is None and has_model_rule:
+        merging = model.merging
+    rule, note = resolve_merging(merging, metadata)
+    report.merging = rule
+    if has_model_rule and merging_from_metadata(metadata) is not None and model.merging != rule:
+        note = (f"note: the weights record merging={rule} but the model has merging={model.merging}: "
+                f"its features will differ; build it with merging='{rule}'")
+    if note:
+        report.notes.append(note)
 
 
 def _check_buffer(raw_key: str, value, state_dict, key: str) -> None:

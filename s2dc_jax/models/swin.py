@@ -12,6 +12,10 @@ exact parity with weights trained there:
 - a window larger than the feature map shrinks to the map (and stops shifting on
   that axis), and its relative-position index is the top-left `[:n, :n]` block of
   the full window's index, not a re-derived one.
+
+`merging="legacy"` reproduces MONAI 0.9-1.4's 3D `PatchMerging`, which concatenated two
+of the eight 2x2x2 neighbours twice and left two out; weights trained there (the
+authors' S2DC code runs on MONAI 1.2) need it. The default "monai" is MONAI >= 1.5.
 """
 from __future__ import annotations
 
@@ -30,6 +34,8 @@ Dtype = Any
 _LN_EPS = 1e-5  # torch.nn.LayerNorm / InstanceNorm default (flax's default is 1e-6)
 _MASK_VALUE = -100.0  # MONAI's value for cross-region attention logits
 MERGING_MODES = ("merging", "mergingv2")
+# "monai": MONAI >= 1.5 (all 8 neighbours); "legacy": MONAI 0.9-1.4 (2 duplicated, 2 left out)
+MERGING_RULES = ("monai", "legacy")
 
 
 def _triple(v: int | Sequence[int], field: str) -> tuple[int, int, int]:
@@ -255,8 +261,9 @@ class SwinTransformerBlock(nn.Module):
 class PatchMerging(nn.Module):
     """2x2x2 neighbourhood concat -> LayerNorm(8C) -> Linear(8C, 2C); odd sizes padded first."""
 
-    mode: str = "merging"  # "merging" (MONAI v0.9 order) or "mergingv2" (itertools order)
+    mode: str = "merging"  # "merging" (MONAI's PatchMerging) or "mergingv2" (itertools order)
     dtype: Dtype = jnp.float32
+    rule: str = "monai"  # of "merging" only: "monai" (MONAI >= 1.5) or "legacy" (MONAI 0.9-1.4)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -264,15 +271,26 @@ class PatchMerging(nn.Module):
         b, d, h, w, c = x.shape
         if d % 2 or h % 2 or w % 2:
             x = jnp.pad(x, [(0, 0), (0, d % 2), (0, h % 2), (0, w % 2), (0, 0)])
-        if self.mode == "merging":
-            offsets = [(0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 0), (1, 0, 1), (0, 1, 1), (1, 1, 1)]
-        elif self.mode == "mergingv2":
-            offsets = list(itertools.product(range(2), range(2), range(2)))
-        else:
-            raise ValueError(f"downsample must be one of {MERGING_MODES}, got {self.mode!r}")
-        x = jnp.concatenate([x[:, i::2, j::2, k::2, :] for i, j, k in offsets], axis=-1)
+        x = jnp.concatenate([x[:, i::2, j::2, k::2, :] for i, j, k in merging_offsets(self.mode, self.rule)], axis=-1)
         x = _layer_norm("norm", self.dtype)(x)
         return _dense(2 * c, "reduction", self.dtype, use_bias=False)(x)
+
+
+def merging_offsets(mode: str, rule: str = "monai") -> list[tuple[int, int, int]]:
+    """The 8 (d, h, w) offsets of the 2x2x2 neighbours in the order a merging concatenates them."""
+    if mode not in MERGING_MODES:
+        raise ValueError(f"downsample must be one of {MERGING_MODES}, got {mode!r}")
+    if rule not in MERGING_RULES:
+        raise ValueError(f"merging must be one of {MERGING_RULES}, got {rule!r}")
+    if mode == "mergingv2":
+        if rule != "monai":
+            raise ValueError("merging='legacy' is a rule of downsample='merging'; 'mergingv2' has only one")
+        return list(itertools.product(range(2), range(2), range(2)))
+    if rule == "legacy":
+        # MONAI 0.9-1.4 took (0,1,0) and (0,0,1) twice and never (1,1,0), (0,1,1): weights trained
+        # there expect exactly this 8C layout, so it is reproduced, duplicates included
+        return [(0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 0, 1), (0, 1, 0), (0, 0, 1), (1, 1, 1)]
+    return [(0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 0), (1, 0, 1), (0, 1, 1), (1, 1, 1)]
 
 
 class BasicLayer(nn.Module):
@@ -284,6 +302,7 @@ class BasicLayer(nn.Module):
     window_size: tuple[int, int, int]
     mlp_ratio: float = 4.0
     qkv_bias: bool = True
+    merging: str = "monai"  # the rule of downsample="merging" (see MERGING_RULES)
     downsample: str = "merging"
     remat: bool = False
     attn_chunk: int | None = None
@@ -306,7 +325,7 @@ class BasicLayer(nn.Module):
                 dtype=self.dtype,
                 name=f"blocks_{i}",
             )(x)
-        return PatchMerging(self.downsample, self.dtype, name="downsample")(x)
+        return PatchMerging(self.downsample, self.dtype, self.merging, name="downsample")(x)
 
 
 class PatchEmbed(nn.Module):
@@ -387,6 +406,7 @@ class SwinTransformer3D(nn.Module):
     dropout_path_rate: float = 0.0
     patch_norm: bool = False
     downsample: str = "merging"
+    merging: str = "monai"  # "legacy" for weights trained with MONAI 0.9-1.4 (the authors' S2DC code)
     use_v2: bool = False
     spatial_dims: int = 3
     remat: bool = False
@@ -409,6 +429,7 @@ class SwinTransformer3D(nn.Module):
                 )
         if self.downsample not in MERGING_MODES:
             raise ValueError(f"downsample must be one of {MERGING_MODES}, got {self.downsample!r}")
+        merging_offsets(self.downsample, self.merging)  # ValueError naming `merging` when it does not apply
         for f in ("drop_rate", "attn_drop_rate", "dropout_path_rate"):
             if getattr(self, f) != 0.0:
                 raise ValueError(f"{f} must be 0.0: dropout and stochastic depth are not implemented")
@@ -438,6 +459,7 @@ class SwinTransformer3D(nn.Module):
                 window_size=window,
                 mlp_ratio=self.mlp_ratio,
                 qkv_bias=self.qkv_bias,
+                merging=self.merging,
                 downsample=self.downsample,
                 remat=self.remat,
                 attn_chunk=self.attn_chunk,

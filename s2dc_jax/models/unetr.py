@@ -77,6 +77,7 @@ class SwinUNETR(nn.Module):
     patch_norm: bool = False
     spatial_dims: int = 3
     downsample: str = "merging"
+    merging: str = "monai"  # "legacy" for weights trained with MONAI 0.9-1.4 (see swin.MERGING_RULES)
     use_v2: bool = False
     remat: bool = False
     attn_chunk: int | None = None
@@ -116,6 +117,7 @@ class SwinUNETR(nn.Module):
             dropout_path_rate=self.dropout_path_rate,
             patch_norm=self.patch_norm,
             downsample=self.downsample,
+            merging=self.merging,
             use_v2=self.use_v2,
             spatial_dims=self.spatial_dims,
             remat=self.remat,
