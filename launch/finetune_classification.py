@@ -12,4 +12,5 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from s2dc_jax.training import cli  # noqa: E402
 
 if __name__ == "__main__":
-    cli.main("finetune", "finetune_classification.py", "configs/finetune/cc_ccii.py", expect_task="classification")
+    cli.main("finetune", "finetune_classification.py", "configs/finetune/cc_ccii.py", expect_task="classification",
+             doc=cli.FINETUNE_DOC)

@@ -12,4 +12,5 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from s2dc_jax.training import cli  # noqa: E402
 
 if __name__ == "__main__":
-    cli.main("finetune", "finetune_translation.py", "configs/finetune/brats23_t1_t2.py", expect_task="translation")
+    cli.main("finetune", "finetune_translation.py", "configs/finetune/brats23_t1_t2.py", expect_task="translation",
+             doc=cli.FINETUNE_DOC)

@@ -15,4 +15,4 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from s2dc_jax.training import cli  # noqa: E402
 
 if __name__ == "__main__":
-    cli.main("pretrain", "pretrain.py", "configs/mri6k.py")
+    cli.main("pretrain", "pretrain.py", "configs/mri6k.py", doc=cli.PRETRAIN_DOC)

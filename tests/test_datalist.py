@@ -13,8 +13,7 @@ import pytest
 from s2dc_jax import data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "launch"))
-import make_datalist  # noqa: E402
+from s2dc_jax.data import cli as make_datalist  # noqa: E402  (launch/make_datalist.py)
 
 
 def _vol(shape=(40, 36, 24), seed=0):

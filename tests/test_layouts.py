@@ -18,8 +18,7 @@ from s2dc_jax.data import checks, datalist, layouts
 from s2dc_jax.data.pipeline import PretrainTransform
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "launch"))
-import make_datalist  # noqa: E402
+from s2dc_jax.data import cli as make_datalist  # noqa: E402  (launch/make_datalist.py)
 
 SHAPE = (24, 20, 16)
 

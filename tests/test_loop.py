@@ -30,12 +30,12 @@ def toy_config(**kw):
 class _Rows:
     """Element i: a regression sample from the rng of i; NaN inputs for the indices in ``nan``."""
 
-    def __init__(self, nan=(), sigterm_at=None):
-        self.nan, self.sigterm_at = set(nan), sigterm_at
+    def __init__(self, nan=(), sigterm_at=None, sig=signal.SIGTERM):
+        self.nan, self.sigterm_at, self.sig = set(nan), sigterm_at, sig
 
     def __call__(self, i):
         if i == self.sigterm_at:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), self.sig)
         rng = np.random.default_rng([0, int(i)])
         x = rng.normal(size=DIM).astype(np.float32)
         if i in self.nan:
@@ -138,6 +138,21 @@ def test_preempted_run_saves_and_the_rerun_ends_as_an_uninterrupted_one(tmp_path
     b, _ = load_params(tmp_path / "cut")
     np.testing.assert_array_equal(a["w"], b["w"])  # the same batches in the same order
     assert resumed["best_step"] == straight["best_step"] == 8
+
+
+def test_ctrl_c_saves_like_sigterm_and_a_second_one_stops_at_once(tmp_path):
+    r = loop.run(ToyTask(toy_config(), _Rows(sigterm_at=21, sig=signal.SIGINT)), tmp_path)
+    assert r["preempted"] == "SIGINT" and (tmp_path / "checkpoints" / str(r["step"])).is_dir()
+    assert f"preempted (SIGINT): saved step {r['step']}" in (tmp_path / "log.txt").read_text()
+    watch = loop.Preemption()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert watch(1) and watch.signal == "SIGINT"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        watch.close()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
 
 
 def test_nonfinite_steps_are_undone_counted_and_stop_the_run(tmp_path):

@@ -38,7 +38,7 @@ def default_data_config() -> config_dict.ConfigDict:
     # A JSON path or a tuple of them; object-typed so either form can be assigned.
     c.datalist = config_dict.FieldReference("", field_type=object)
     c.root = config_dict.placeholder(str)   # base of relative paths; default: each JSON's folder
-    c.split = "training"
+    c.split = "training"              # the datalist's list to train on
     c.roi_large = (384, 384, 96)      # (x, y, z) of the large ROI fed to the device
     c.crop_size = 96                  # side of the cubic crops the ROI is cut into
     c.workers = 2                     # grain worker processes; 0 = load in the main process

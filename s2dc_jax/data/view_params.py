@@ -20,14 +20,14 @@ import numpy as np
 class ViewRanges:
     """Ranges of the random views (REFERENCE.md section 1, step 3)."""
 
-    full_rotate_deg: float = 30.0
-    full_scale: tuple[float, float] = (0.9, 1.2)
-    full_translate: float = 24.0
-    crop_rotate_deg: float = 20.0
-    crop_scale: tuple[float, float] = (0.95, 1.05)  # the reference's offset bug gives ~0.05-2.05
-    crop_translate: float = 24.0
-    shift: float = 0.1
-    shift_prob: float = 0.1
+    full_rotate_deg: float = 30.0                  # aug_full: rotation about z, up to this many degrees
+    full_scale: tuple[float, float] = (0.9, 1.2)   # aug_full: isotropic scale range
+    full_translate: float = 24.0                   # aug_full: x/y translation up to this many voxels
+    crop_rotate_deg: float = 20.0                  # aug_crop: rotation of each crop, degrees
+    crop_scale: tuple[float, float] = (0.95, 1.05)  # aug_crop scale (the reference's offset bug gives ~0.05-2.05)
+    crop_translate: float = 24.0                   # aug_crop: translation, voxels
+    shift: float = 0.1                             # intensity shift up to this much ...
+    shift_prob: float = 0.1                        # ... applied with this probability (per view / crop)
 
 
 def sample_view_params(rng: np.random.Generator, num_crops: int,

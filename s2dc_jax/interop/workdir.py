@@ -40,8 +40,11 @@ def resolve(path: str | os.PathLike, step: int | None = None) -> tuple[Path, int
     return root, step
 
 
-def load_params(path: str | os.PathLike, step: int | None = None) -> tuple[dict, int]:
-    """The ``params`` (numpy) of a saved state, and its step; see `resolve` for ``path``."""
+def load_params(path: str | os.PathLike, step: int | None = None, item: str = "params") -> tuple[dict, int]:
+    """The ``params`` (or another ``item`` of it, e.g. a pretraining ``teacher``; numpy) of a saved state, and its step.
+
+    See `resolve` for ``path``.
+    """
     import orbax.checkpoint as ocp
 
     root, step = resolve(path, step)
@@ -49,13 +52,13 @@ def load_params(path: str | os.PathLike, step: int | None = None) -> tuple[dict,
     with ocp.CheckpointManager(root, item_handlers={STATE: ocp.PyTreeCheckpointHandler()},
                                options=ocp.CheckpointManagerOptions(read_only=True)) as mngr:
         meta = mngr.item_metadata(step)[STATE]
-        if "params" not in meta:
-            raise ValueError(f"{root / str(step)}: the saved state has no params (keys: {sorted(meta)})")
-        target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), meta["params"])
+        if item not in meta:
+            raise ValueError(f"{root / str(step)}: the saved state has no {item} (it has {sorted(meta)})")
+        target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), meta[item])
         restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
         restored = mngr.restore(step, args=ocp.args.Composite(**{STATE: ocp.args.PyTreeRestore(
-            item={"params": target}, restore_args={"params": restore_args}, partial_restore=True)}))
-    return restored[STATE]["params"], step
+            item={item: target}, restore_args={item: restore_args}, partial_restore=True)}))
+    return restored[STATE][item], step
 
 
 def params_kind(params: dict) -> str:

@@ -117,6 +117,7 @@ def swin_kwargs(model) -> dict:
         window_size=(w, w, w) if isinstance(w, int) else tuple(w),
         patch_size=(p, p, p) if isinstance(p, int) else tuple(p),
         use_v2=model.use_v2,
+        merging=model.get("merging", "monai"),
         remat=model.remat,
         attn_chunk=model.get("attn_chunk", 0) or None,
         dtype=jnp.dtype(model.dtype),

@@ -229,6 +229,7 @@ def sample_dataset(cases: list[Case], sample_fn: Callable, *, batch_size: int, s
     if batch_size % process_count:
         raise ValueError(f"batch_size ({batch_size}) must be a multiple of the {process_count} processes")
     local = batch_size // process_count
-    order = grain.MapDataset.range(len(cases)).shuffle(seed=int(seed) % 2**32).repeat()
+    # Reshuffled every epoch; 2**40 samples in all (an unbounded repeat overflows len() after batch(1)).
+    order = grain.MapDataset.range(len(cases)).shuffle(seed=int(seed) % 2**32).repeat(num_epochs=2**40 // len(cases))
     ds = order.map_with_index(_Sample(cases, sample_fn, seed)).batch(local)[process_index::process_count]
     return ds.to_iter_dataset(grain.ReadOptions(num_threads=int(threads), prefetch_buffer_size=int(prefetch)))

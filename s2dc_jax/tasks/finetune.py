@@ -24,7 +24,7 @@ from s2dc_jax.tasks import classification, regression, segmentation
 from s2dc_jax.tasks import data as task_data
 from s2dc_jax.tasks import finetune_config
 from s2dc_jax.tasks.base import AXIS, Task, first_device, make_optimizer, mean_gradients
-from s2dc_jax.tasks.init import pretrained_params
+from s2dc_jax.tasks.init import adopt_architecture, pretrained_params, read_pretrained
 
 KINDS = {"segmentation": segmentation, "classification": classification,
          "translation": regression, "reconstruction": regression}
@@ -33,10 +33,18 @@ KINDS = {"segmentation": segmentation, "classification": classification,
 class FinetuneTask(Task):
     """Supervised training of a SwinUNETR or a Swin classifier on a downstream datalist."""
 
-    def __init__(self, config):
-        super().__init__(config)
+    def __init__(self, config, explicit=()):
+        """``explicit``: the config keys the user set (``model.window_size``, ...), checked against the weights."""
         if config.task not in KINDS:
             raise ValueError(f"config.task: must be one of {tuple(KINDS)}, got {config.task!r}")
+        if config.init.checkpoint and config.init.torch:
+            raise ValueError("set at most one of init.checkpoint and init.torch")
+        # Read before the model is built: the weights' architecture is the model's.
+        self.pretrained = read_pretrained(config)
+        self.init_lines = []
+        if self.pretrained is not None:
+            config, self.init_lines = adopt_architecture(config, self.pretrained, set(explicit))
+        super().__init__(config)
         self.kind = KINDS[config.task]
         self.name = config.task
         self.main_metric = self.kind.MAIN_METRIC
@@ -54,6 +62,8 @@ class FinetuneTask(Task):
         if not self.val_entries:
             raise ValueError(f"data.datalist {c.data.datalist}: no validation entries "
                              f"(add a '{c.data.val_key}' list, data.num_folds or data.val_fraction)")
+        for line in self.init_lines:
+            log(line)
         t0 = time.time()
         self.train_cases = [self.load_case(e) for e in train_entries]
         self.val_cases = [self.load_case(e) for e in self.val_entries]
@@ -85,9 +95,10 @@ class FinetuneTask(Task):
         return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": self.tx.init(params)}
 
     def initialize(self, state, log):
-        loaded = pretrained_params(state["params"], self.config, log)
-        if loaded is None:
+        if self.pretrained is None:
+            log("init: from scratch (no init.checkpoint or init.torch)")
             return state
+        loaded = pretrained_params(state["params"], self.pretrained, self.config, log)
         # Only the loaded leaves travel host -> device, straight into the replicated sharding.
         params = jax.tree.map(lambda fresh, new: fresh if new is None else jax.device_put(new, fresh.sharding),
                               state["params"], loaded, is_leaf=lambda x: x is None)

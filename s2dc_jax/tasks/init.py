@@ -1,38 +1,106 @@
-"""Pretrained weights for fine-tuning: a merge of flax parameter subtrees into the fresh model.
+"""Pretrained weights for fine-tuning: the source's architecture, then a merge of flax parameter subtrees.
 
-Sources: a pretraining workdir or step folder (``init.checkpoint``: its student encoder)
-or a PyTorch file in MONAI layout (``init.torch``: an encoder or a whole SwinUNETR; the
-MONAI names are turned into flax paths when the file is read, nothing else sees them).
-``init.skip`` regexes are matched (``re.search``) on flax paths such as
-``swinViT/patch_embed/proj/kernel``; matched parameters keep their fresh values.
+Sources: a pretraining workdir or step folder (``init.checkpoint``: its student or teacher
+encoder, ``init.source``) or a PyTorch file in MONAI layout (``init.torch``: an encoder or a
+whole SwinUNETR, in our export layout or the authors'). MONAI names are turned into flax
+paths when the file is read; nothing else sees them.
+
+The architecture travels with the weights: the encoder fields of ``config.model`` are
+taken from the source (the run's config.json, or the shapes of the weights), and a field
+the user set explicitly to something else is an error naming both values. ``init.skip``
+regexes are matched (``re.search``) on flax paths such as ``swinViT/patch_embed/proj/kernel``;
+matched parameters keep their fresh values.
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import re
 from pathlib import Path
 
 from s2dc_jax.data.io import DataError
-from s2dc_jax.interop import LoadReport, flatten_params, from_monai, read_state_dict, unflatten_params
-from s2dc_jax.interop.workdir import encoder_params, load_params
+from s2dc_jax.interop import MERGING_HINT, LoadReport, flatten_params, from_monai, infer_config, merging_from_metadata
+from s2dc_jax.interop import read_checkpoint, to_monai, unflatten_params
+from s2dc_jax.interop.workdir import encoder_params, load_params, run_config
+
+# config.model fields that must equal the pretrained encoder's (in_channels may differ: init.skip)
+ARCHITECTURE = ("feature_size", "depths", "num_heads", "window_size", "patch_size", "use_v2", "merging")
 
 
-def source_params(config) -> tuple[dict, str] | None:
-    """``(flax tree rooted like the fine-tuning model, description)`` of the configured source, or None."""
+@dataclasses.dataclass
+class Pretrained:
+    """Weights read from ``init.checkpoint`` or ``init.torch``, rooted like the fine-tuning model."""
+
+    tree: dict                       # flax tree: {"swinViT": ...} (+ decoder parts of a whole SwinUNETR)
+    source: str                      # for the log
+    model: dict                      # the source's architecture: ARCHITECTURE fields it determines
+    notes: list = dataclasses.field(default_factory=list)   # lines to print (e.g. the merging hint)
+    ignored: int = 0                 # file entries known and left out (the other EMA copy, heads, queue, ...)
+
+
+def _architecture_of(encoder: dict) -> dict:
+    """ARCHITECTURE fields read off an encoder's parameter shapes (all but merging)."""
+    cfg = infer_config(to_monai(encoder))
+    return {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in cfg.items() if k in ARCHITECTURE}
+
+
+def read_pretrained(config) -> Pretrained | None:
+    """The configured source's weights and architecture; None without one. Errors name the config field."""
     init = config.init
     if init.checkpoint:
+        item = "params" if init.source == "student" else "teacher"
         try:
-            params, step = load_params(init.checkpoint, init.step)
-        except FileNotFoundError as e:
+            params, step = load_params(init.checkpoint, init.step, item=item)
+        except (FileNotFoundError, ValueError) as e:
             raise ValueError(f"init.checkpoint: {e}") from None
-        return {"swinViT": encoder_params(params)}, f"pretraining checkpoint {init.checkpoint} (step {step})"
+        encoder = encoder_params(params)
+        model = _architecture_of(encoder)
+        run = run_config(init.checkpoint)
+        # Runs older than the merging field were all trained with MONAI >= 1.5's rule.
+        model["merging"] = ((run or {}).get("model") or {}).get("merging", "monai")
+        return Pretrained({"swinViT": encoder}, f"pretraining checkpoint {init.checkpoint} (step {step}, "
+                                                f"{init.source})", model)
     if init.torch:
         if not Path(init.torch).is_file():
             raise DataError(init.torch, "init.torch: weights file not found")
-        tree, _ = from_monai(read_state_dict(str(init.torch)))
+        ckpt = read_checkpoint(str(init.torch))
+        tree, report = from_monai(ckpt.state_dict, source=init.source, metadata=ckpt.metadata)
         if "swinViT" not in tree:  # an encoder-only file: it is the fine-tuning model's swinViT
             tree = {"swinViT": tree}
-        return tree, f"weights file {init.torch}"
+        model = _architecture_of(tree["swinViT"])
+        recorded = merging_from_metadata(ckpt.metadata)
+        if recorded is not None:  # our exports record the rule; a file that does not leaves it to the config
+            model["merging"] = recorded
+        return Pretrained(tree, f"weights file {init.torch}", model, [] if recorded else [MERGING_HINT],
+                          len(report.ignored) + len(ckpt.extras))
     return None
+
+
+def adopt_architecture(config, pretrained: Pretrained, explicit=()) -> tuple[object, list[str]]:
+    """``config`` with the source's encoder fields, and a line per field taken; ``explicit`` user overrides must agree.
+
+    ``explicit``: config keys the user set (e.g. ``{"model.window_size"}`` from the command
+    line); one that differs from the weights' is a ValueError naming both values.
+    """
+    config = copy.deepcopy(config)
+    taken, clash = [], []
+    for field, theirs in pretrained.model.items():
+        ours = config.model[field]
+        ours_n = tuple(ours) if isinstance(ours, (list, tuple)) else ours
+        if ours_n == theirs:
+            continue
+        if f"model.{field}" in explicit:
+            clash.append(f"model.{field}={ours_n!r} but the weights have {theirs!r}")
+        else:
+            config.model[field] = theirs
+            taken.append(f"model.{field}={theirs!r}")
+    if clash:
+        raise ValueError(f"init: {'; '.join(clash)} ({pretrained.source}); drop the override to use the weights' "
+                         f"architecture")
+    lines = [f"init: architecture from the weights: {', '.join(taken)}"] if taken else []
+    notes = [n for n in pretrained.notes if not (n == MERGING_HINT and ("model.merging" in explicit
+                                                                        or config.model.merging == "legacy"))]
+    return config, lines + notes
 
 
 def merge(fresh: dict, loaded: dict, skip=()) -> tuple[dict, LoadReport]:
@@ -60,8 +128,8 @@ def merge(fresh: dict, loaded: dict, skip=()) -> tuple[dict, LoadReport]:
             report.unexpected.append(path)
         elif tuple(value.shape) != tuple(want[path].shape):
             raise ValueError(f"init: shape mismatch for {path}: the weights have {tuple(value.shape)}, the model "
-                             f"expects {tuple(want[path].shape)} (check model.* against the pretrained run, or "
-                             f"leave it fresh with init.skip)")
+                             f"expects {tuple(want[path].shape)} (leave it fresh with init.skip, e.g. when "
+                             f"model.in_channels differs)")
         else:
             out[path] = value
             report.matched.append(path)
@@ -69,17 +137,12 @@ def merge(fresh: dict, loaded: dict, skip=()) -> tuple[dict, LoadReport]:
     return unflatten_params({p: out.get(p) for p in want}), report
 
 
-def pretrained_params(fresh: dict, config, log=print) -> dict | None:
-    """``fresh``-shaped tree of the configured pretrained arrays (None where kept fresh), or None without a source."""
-    src = source_params(config)
-    if src is None:
-        log("init: from scratch (no init.checkpoint or init.torch)")
-        return None
-    loaded, source = src
-    merged, report = merge(fresh, loaded, tuple(config.init.skip or ()))
-    log(f"init: {source}: loaded {len(report.matched)}, skipped {len(report.skipped)} (init.skip), "
-        f"missing {len(report.missing)} (kept fresh), unexpected {len(report.unexpected)}")
+def pretrained_params(fresh: dict, pretrained: Pretrained, config, log=print) -> dict:
+    """``fresh``-shaped tree of the pretrained arrays (None where kept fresh); logs what was loaded."""
+    merged, report = merge(fresh, pretrained.tree, tuple(config.init.skip or ()))
+    log(f"init: {pretrained.source}: loaded {len(report.matched)}, skipped {len(report.skipped)} (init.skip), "
+        f"missing {len(report.missing)} (kept fresh), unexpected {len(report.unexpected)}"
+        + (f", ignored {pretrained.ignored} (other copy, heads, queue, optimizer)" if pretrained.ignored else ""))
     if not report.matched:
-        raise ValueError(f"init: nothing in {source} matched the model; check model.* against the weights "
-                         f"({report.summary()})")
+        raise ValueError(f"init: nothing in {pretrained.source} matched the model ({report.summary()})")
     return merged

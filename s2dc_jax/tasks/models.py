@@ -22,6 +22,7 @@ class SwinClassifier(nn.Module):
     window_size: Any = 7
     patch_size: Any = 2
     use_v2: bool = True
+    merging: str = "monai"
     remat: bool = False
     attn_chunk: int | None = None
     hidden: int = 512
@@ -32,7 +33,7 @@ class SwinClassifier(nn.Module):
         # x: f32[B, X, Y, Z, C] -> f32[B, num_classes]
         hs = SwinTransformer3D(in_channels=self.in_channels, feature_size=self.feature_size, depths=tuple(self.depths),
                                num_heads=tuple(self.num_heads), window_size=self.window_size,
-                               patch_size=self.patch_size, use_v2=self.use_v2, remat=self.remat,
+                               patch_size=self.patch_size, use_v2=self.use_v2, merging=self.merging, remat=self.remat,
                                attn_chunk=self.attn_chunk, dtype=self.dtype, name="swinViT")(x)
         h = jnp.mean(hs[-1], axis=(1, 2, 3))  # f32[B, 16 * feature_size]
         h = nn.relu(nn.Dense(self.hidden, name="head_fc1")(h))

@@ -9,6 +9,7 @@ import ml_collections
 
 from s2dc_jax import data as data_lib
 from s2dc_jax import objectives
+from s2dc_jax.models.swin import MERGING_RULES
 
 
 def pretrain_config() -> ml_collections.ConfigDict:
@@ -31,6 +32,10 @@ def pretrain_config() -> ml_collections.ConfigDict:
     c.model.window_size = 7
     c.model.patch_size = 2
     c.model.use_v2 = True
+    # 3D patch-merging rule: 'monai' is MONAI >= 1.5's (all 8 neighbours); 'legacy' is MONAI <= 1.4's, for
+    # weights trained there (the authors' S2DC code). New runs keep 'monai' so their weights compute in current
+    # MONAI exactly what they computed here.
+    c.model.merging = "monai"
     c.model.remat = False       # rematerialise each Swin block in the backward pass (less memory)
     c.model.attn_chunk = 0      # windows per attention chunk; 0 = all at once (chunks bound memory)
     c.model.dtype = "float32"   # compute dtype: 'float32' | 'bfloat16' (params stay float32)
@@ -91,6 +96,7 @@ def validate(c: ml_collections.ConfigDict, device_count: int) -> None:
     need(c.keep_checkpoints > 0, "keep_checkpoints", f"must be > 0, got {c.keep_checkpoints}")
     need(c.model.attn_chunk >= 0, "model.attn_chunk", f"must be >= 0 (0 = no chunking), got {c.model.attn_chunk}")
     need(c.model.dtype in _MODEL_DTYPES, "model.dtype", f"must be one of {_MODEL_DTYPES}, got {c.model.dtype!r}")
+    need(c.model.merging in MERGING_RULES, "model.merging", f"must be one of {MERGING_RULES}, got {c.model.merging!r}")
     need(len(c.model.depths) == len(c.model.num_heads) == 4, "model.depths",
          f"depths and num_heads need 4 stages, got {c.model.depths} and {c.model.num_heads}")
     for h in c.model.num_heads:
