@@ -1,4 +1,4 @@
-"""S2DC on CT-10k (REFERENCE.md section 4's 8 CT sets), REFERENCE.md sections 1-4: 4 GPUs, 1 volume each.
+"""S2DC on CT-10k (docs/method.md section 4's 8 CT sets), docs/method.md sections 1-4: 4 GPUs, 1 volume each.
 
     python launch/make_datalist.py --root /data/ct10k --out ct10k.json
     python launch/pretrain.py --config=configs/ct10k.py --workdir=runs/ct10k \

@@ -1,4 +1,4 @@
-"""S2DC on CT-1k (BTCV + TCIA Covid19), REFERENCE.md sections 1-4: 1 GPU, 1 volume per step.
+"""S2DC on CT-1k (BTCV + TCIA Covid19), docs/method.md sections 1-4: 1 GPU, 1 volume per step.
 
     python launch/make_datalist.py --root /data/ct1k --out ct1k.json
     python launch/pretrain.py --config=configs/ct1k.py --workdir=runs/ct1k \

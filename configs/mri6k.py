@@ -1,4 +1,4 @@
-"""S2DC on MRI-6k (OASIS3 T1/T2/FLAIR/MRA; list with --min-side 64), REFERENCE.md sections 1-4: 4 GPUs, 1 volume each.
+"""S2DC on MRI-6k (OASIS3 T1/T2/FLAIR/MRA; list with --min-side 64), docs/method.md sections 1-4: 4 GPUs, 1 volume each.
 
     python launch/make_datalist.py --root /data/mri6k --out mri6k.json --min-side 64
     python launch/pretrain.py --config=configs/mri6k.py --workdir=runs/mri6k \

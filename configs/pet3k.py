@@ -1,4 +1,4 @@
-"""S2DC on PET-3k (UDPET + ADNI), REFERENCE.md sections 1-4: 4 GPUs, 1 volume each.
+"""S2DC on PET-3k (UDPET + ADNI), docs/method.md sections 1-4: 4 GPUs, 1 volume each.
 
     python launch/make_datalist.py --root /data/pet3k --out pet3k.json
     python launch/pretrain.py --config=configs/pet3k.py --workdir=runs/pet3k \

@@ -69,7 +69,7 @@ def test_exactness_measure_catches_a_wrong_inverse():
 
 
 def np_ground_truth(affine, roi, ts, mode):
-    """REFERENCE.md section 1 step 4, one token at a time, float64, exact inverse."""
+    """docs/method.md section 1 step 4, one token at a time, float64, exact inverse."""
     angle, s, tx, ty = (float(a) for a in affine)
     rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
     g = [r // ts for r in roi] if mode == "3d" else [r // ts for r in roi[:2]]

@@ -28,6 +28,7 @@ def finetune(config_name, workdir, *overrides, max_traces=1):
     """Fine-tunes in this process (``configs/finetune/<config_name>``) through the training loop."""
     c = load_config(str(REPO / "configs" / "finetune" / config_name), overrides)
     task = FinetuneTask(c)
+    chex.clear_trace_counter()  # the counter is per function, and every run traces FinetuneTask.train_step anew
     task.train_step = chex.assert_max_traces(task.train_step, n=max_traces)  # one compile per run
     return loop.run(task, workdir), task
 

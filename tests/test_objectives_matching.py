@@ -1,4 +1,4 @@
-"""Matching and losses against float64 NumPy written here from REFERENCE.md section 3."""
+"""Matching and losses against float64 NumPy written here from docs/method.md section 3."""
 import jax
 import jax.numpy as jnp
 import numpy as np

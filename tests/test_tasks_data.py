@@ -94,3 +94,17 @@ def test_intensity_and_validate():
     bad.data.roi = (48, 48, 48)
     with pytest.raises(ValueError, match="data.roi"):
         task_config.validate(bad, 2)
+
+
+def test_classes_absent_from_the_validation_labels_are_counted_not_nan():
+    c = task_config.base_config("segmentation")
+    c.model.out_channels = 4
+    lab = np.zeros((8, 8, 8), np.int32)
+    lab[2:5, 2:5, 2:5] = 1  # classes 2 and 3 appear nowhere
+    case = task_data.Case(image=np.zeros((8, 8, 8, 1), np.float32), target=lab, meta={})
+
+    def predict(params, x):  # predicts the label itself
+        return jnp.asarray(np.eye(4, dtype=np.float32)[lab][None])
+
+    out = segmentation.evaluate(predict, None, [case], [{"image": "a.nii.gz"}], c)
+    assert out == {"dice": 1.0, "classes_absent": 2.0, "dice_class1": 1.0}

@@ -1,4 +1,4 @@
-"""Device-side views against scipy.ndimage in float64 and the crop layout of REFERENCE.md section 1."""
+"""Device-side views against scipy.ndimage in float64 and the crop layout of docs/method.md section 1."""
 import jax
 import jax.numpy as jnp
 import numpy as np

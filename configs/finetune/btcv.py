@@ -1,4 +1,4 @@
-"""BTCV multi-organ CT segmentation: 13 organs + background (REFERENCE.md section 5).
+"""BTCV multi-organ CT segmentation: 13 organs + background (docs/method.md section 5).
 
 Setup: SwinUNETR BTCV recipe: 1.5 x 1.5 x 2.0 mm, HU window [-175, 250] -> [0, 1], 96^3 crops, 3000 epochs, AdamW 1e-4 / 1e-5.
 

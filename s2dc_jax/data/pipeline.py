@@ -49,7 +49,7 @@ def default_data_config() -> config_dict.ConfigDict:
     c.bad_min_seen = 20               # ... judged once at least this many were seen
     c.max_retries = 8                 # consecutive bad records replaced for one slot
     c.cache_dir = config_dict.placeholder(str)  # decompress .nii.gz here once (see README)
-    # Ranges of the random views (REFERENCE.md section 1, step 3); see data/view_params.py.
+    # Ranges of the random views (docs/method.md section 1, step 3); see data/view_params.py.
     c.views = config_dict.ConfigDict(dataclasses.asdict(ViewRanges()))
     return c
 

@@ -1,4 +1,4 @@
-"""Modality presets (REFERENCE.md section 1): intensity handling, foreground crop, large-ROI crop, resize.
+"""Modality presets (docs/method.md section 1): intensity handling, foreground crop, large-ROI crop, resize.
 
 Pure numpy functions of arrays, reusable for labelled data (fine-tuning pads and resizes
 images and labels with them). The pretraining path :func:`pretrain_volume`
@@ -168,7 +168,7 @@ def pad_symmetric(x: np.ndarray, size, value: float = 0.0) -> np.ndarray:
 def pretrain_volume(raw: np.ndarray, rng: np.random.Generator, *, modality: str, roi,
                     slope: float = 1.0, inter: float = 0.0, path: str = "<array>",
                     min_side: int = 0) -> np.ndarray:
-    """One random large-ROI view input of a volume: f32[*roi] (REFERENCE.md section 1, steps 1-2).
+    """One random large-ROI view input of a volume: f32[*roi] (docs/method.md section 1, steps 1-2).
 
     ``raw`` holds unscaled voxels in RAS order ``[X, Y, Z]`` (a memory map is fine: only the
     foreground scan and the chosen ROI are read); physical value = raw * slope + inter.

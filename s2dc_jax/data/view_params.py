@@ -7,7 +7,7 @@ view at ``scale * R(angle) @ (p - c) + c + (tx, ty)``, where ``c`` is the centre
 warped region (the large ROI for ``full_*``, the crop for ``crop_*``) and ``R`` the
 counter-clockwise rotation in the (x, y) plane. z is untouched, except that with
 ``ssl.correspondence = '3d'`` the full-ROI warp also zooms z by ``scale`` about its centre
-(views.warp_volume(scale_z=True)), as the reference's image warp does. REFERENCE.md section 1.
+(views.warp_volume(scale_z=True)), as the reference's image warp does. docs/method.md section 1.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import numpy as np
 
 @dataclasses.dataclass(frozen=True)
 class ViewRanges:
-    """Ranges of the random views (REFERENCE.md section 1, step 3)."""
+    """Ranges of the random views (docs/method.md section 1, step 3)."""
 
     full_rotate_deg: float = 30.0                  # aug_full: rotation about z, up to this many degrees
     full_scale: tuple[float, float] = (0.9, 1.2)   # aug_full: isotropic scale range

@@ -1,4 +1,4 @@
-"""Ground-truth token correspondence between ``src`` and ``aug_full`` (REFERENCE.md section 1, step 4).
+"""Ground-truth token correspondence between ``src`` and ``aug_full`` (docs/method.md section 1, step 4).
 
 A token of side ``token_size`` voxels at grid index ``g`` covers ``[g * s, (g + 1) * s)`` in
 voxel-edge coordinates (voxel ``k`` spans ``[k, k + 1)``), so the ROI centre is ``N / 2``:

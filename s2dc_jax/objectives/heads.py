@@ -1,4 +1,4 @@
-"""Projection heads of S2DC (REFERENCE.md section 2): Linear -> BN -> ReLU -> Linear -> BN -> ReLU -> Linear.
+"""Projection heads of S2DC (docs/method.md section 2): Linear -> BN -> ReLU -> Linear -> BN -> ReLU -> Linear.
 
 BatchNorm here has no affine parameters and no running statistics (the reference's
 ``BatchNorm1d(affine=False, track_running_stats=False)``), so the heads are pure
@@ -81,7 +81,7 @@ def patch_head(params: dict, tokens: jax.Array, ssl_cfg) -> jax.Array:
 
     The reference's BN sees a (144, 3, F) tensor and so normalises over the 3 depth
     slices; normalising per feature over all tokens of the volume is what it means to do
-    (REFERENCE.md section 6).
+    (docs/method.md section 6).
     """
     return l2_normalize(_head(ssl_cfg).apply({"params": params["patch"]}, tokens, bn_axes=(1,)))
 
@@ -90,7 +90,7 @@ def global_head(params: dict, pooled: jax.Array, ssl_cfg, axis_name: str | None 
                 stats_mask: jax.Array | None = None) -> jax.Array:
     """``f32[N, F]`` pooled crop features -> ``f32[N, D]``; BN over all crops of the global batch.
 
-    L2-normalised when ``ssl_cfg.global_normalize`` (the reference does not, REFERENCE.md
+    L2-normalised when ``ssl_cfg.global_normalize`` (the reference does not, docs/method.md
     section 3.3).
     """
     out = _head(ssl_cfg).apply({"params": params["global"]}, pooled, bn_axes=(0,),

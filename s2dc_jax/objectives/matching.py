@@ -1,4 +1,4 @@
-"""Patch matching and the three S2DC loss terms, batched over leading axes (REFERENCE.md section 3).
+"""Patch matching and the three S2DC loss terms, batched over leading axes (docs/method.md section 3).
 
 Every function here works on ``[..., m, n]`` score matrices (one matching problem per
 leading index) and returns per-problem values; callers average. No Python loops over
@@ -12,7 +12,7 @@ import jax.numpy as jnp
 # Clamp of assignment probabilities and similarities before the logs (as the reference).
 PROB_EPS = 1e-6
 # Floor of the Sharpe-ratio std: a blank region or collapsed features give std = 0,
-# which is NaN in the reference (REFERENCE.md section 6).
+# which is NaN in the reference (docs/method.md section 6).
 SHARPE_STD_EPS = 1e-6
 
 
@@ -20,7 +20,7 @@ def sinkhorn_log(scores: jax.Array, bin_score: float | jax.Array, iters: int,
                  temperature: float = 1.0) -> jax.Array:
     """Log transport plan with a dustbin row and column, ``[..., m+1, n+1]``, times ``m+n``.
 
-    SuperGlue-style log-domain Sinkhorn (REFERENCE.md section 3.1): the score matrix is
+    SuperGlue-style log-domain Sinkhorn (docs/method.md section 3.1): the score matrix is
     padded with ``bin_score``, row marginals are ``1/(m+n)`` (the bin row ``n/(m+n)``),
     column marginals ``1/(m+n)`` (the bin column ``m/(m+n)``), ``iters`` alternating row
     and column updates from zero potentials, and the plan is multiplied back by ``m+n``.
@@ -73,7 +73,7 @@ def match_loss(plan: jax.Array, gt: jax.Array) -> tuple[jax.Array, jax.Array, ja
 
     ``pos`` is the mean of ``-log P`` over ``gt == 1`` (0 for a problem without positives),
     ``neg`` the mean of ``-log(1 - P)`` over ``gt == 0``, with ``P`` clamped to
-    ``[1e-6, 1 - 1e-6]`` (REFERENCE.md section 3.1). Returns arrays of shape ``plan.shape[:-2]``.
+    ``[1e-6, 1 - 1e-6]`` (docs/method.md section 3.1). Returns arrays of shape ``plan.shape[:-2]``.
     """
     p = jnp.clip(plan, PROB_EPS, 1.0 - PROB_EPS)
     pos_mask = gt > 0.5
@@ -101,12 +101,12 @@ def sharpe_weights(a: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def sharpe_loss(cos: jax.Array, gt: jax.Array, detach_weights: bool = True) -> jax.Array:
-    """Patch-to-structure consistency per problem (REFERENCE.md section 3.2), shape ``cos.shape[:-2]``.
+    """Patch-to-structure consistency per problem (docs/method.md section 3.2), shape ``cos.shape[:-2]``.
 
     ``A = (1 + cos) / 2``; loss ``= (sum_{gt=1} -log A * w_col + sum_{gt=1} -log A * w_row) / 2
     + mean_{gt=0} -log(1 - A)`` with the Sharpe weights of :func:`sharpe_weights` computed
     from the unclamped ``A``. The reference back-propagates through the weights; we stop
-    their gradient by default (REFERENCE.md section 6), ``detach_weights=False`` keeps it.
+    their gradient by default (docs/method.md section 6), ``detach_weights=False`` keeps it.
     """
     a = (1.0 + cos) / 2.0
     w_col, w_row = sharpe_weights(a)
@@ -123,7 +123,7 @@ def sharpe_loss(cos: jax.Array, gt: jax.Array, detach_weights: bool = True) -> j
 
 def info_nce(query: jax.Array, positive: jax.Array, negatives: jax.Array,
              temperature: float) -> tuple[jax.Array, jax.Array]:
-    """Per-query InfoNCE with shared negatives: ``(loss [N], hit [N])`` (REFERENCE.md section 3.3).
+    """Per-query InfoNCE with shared negatives: ``(loss [N], hit [N])`` (docs/method.md section 3.3).
 
     ``query, positive f32[N, D]``, ``negatives f32[K, D]`` (other crops and the queue);
     logits ``[q.k+, q.k_1..K] / temperature``, cross-entropy with the positive as label 0.

@@ -1,4 +1,4 @@
-"""EMA teacher and the FIFO queue of global keys (REFERENCE.md sections 2 and 3.3)."""
+"""EMA teacher and the FIFO queue of global keys (docs/method.md sections 2 and 3.3)."""
 from __future__ import annotations
 
 import jax

@@ -1,4 +1,4 @@
-"""The three views of a large ROI, made on the device (REFERENCE.md section 1, step 3).
+"""The three views of a large ROI, made on the device (docs/method.md section 1, step 3).
 
 Affine convention: ``view_params.py``. Coordinates here are voxel indices (voxel ``k``
 has its centre at ``k``), so the centre of an axis of size ``N`` is ``(N - 1) / 2``;

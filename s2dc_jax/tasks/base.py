@@ -38,6 +38,10 @@ class Task:
     def prepare(self, workdir: Path, log: Callable[[str], None]) -> None:
         """Host work before the state exists (read the data list, load cases, write phantoms); every process."""
 
+    def check_data(self):
+        """A header check of every datalist entry (``s2dc_jax.data.datalist.Report``) for the dry run; None: none."""
+        return None
+
     @property
     def total_steps(self) -> int:
         """Steps of the whole run (known after `prepare`)."""

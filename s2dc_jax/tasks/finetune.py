@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from s2dc_jax.data import datalist
 from s2dc_jax.tasks import classification, regression, segmentation
 from s2dc_jax.tasks import data as task_data
 from s2dc_jax.tasks import finetune_config
@@ -72,6 +73,12 @@ class FinetuneTask(Task):
         self._total = c.total_steps or c.epochs * math.ceil(len(self.train_cases) / c.batch_size)
         self.tx, _ = make_optimizer(c.optim, self._total)
         self.predict = _make_predictor(self.model, c, self.kind.DENSE)
+
+    def check_data(self):
+        c, d = self.config, self.config.data
+        return datalist.check_headers(d.datalist, root=d.root, split=None, task=c.task,
+                                      in_channels=c.model.in_channels, num_classes=c.model.out_channels,
+                                      label_map=tuple(d.label_map))
 
     def load_case(self, entry: dict) -> task_data.Case:
         """One datalist entry, preprocessed for this task."""

@@ -73,6 +73,13 @@ class PretrainTask(Task):
             c.data.datalist = str(path)
             log(f"training on {c.data.phantoms} synthetic phantoms: {c.data.datalist}")
 
+    def check_data(self):
+        d = self.config.data
+        if not d.datalist and d.phantoms > 0:  # phantoms are written by prepare: nothing to check yet
+            return None
+        return data_lib.datalist.check_headers(d.datalist, root=d.root, split=d.split, task="pretrain",
+                                               min_side=d.min_side, modality=d.modality)
+
     def dataset(self, process_index: int, process_count: int):
         c = self.config
         return data_lib.make_pretrain_dataset(c.data, batch_size=c.batch_size // process_count, seed=c.seed,

@@ -63,6 +63,7 @@ def evaluate(predict, params, cases, entries, config, out_dir=None) -> dict:
             task_data.save_prediction(Path(out_dir) / prediction_name(entry, "seg"), raw, case.meta["path"],
                                       dtype=np.uint8 if k < 256 else np.int16)
     per_class, mean = metrics.aggregate_dice(np.stack(rows))
-    out = {"dice": mean}
-    out.update({f"dice_class{c + 1}": float(v) for c, v in enumerate(per_class)})
+    # A class in no validation label has no Dice (MONAI's ignore_empty): it is counted as absent, not NaN.
+    out = {"dice": mean, "classes_absent": float(np.isnan(per_class).sum())}
+    out.update({f"dice_class{c + 1}": float(v) for c, v in enumerate(per_class) if np.isfinite(v)})
     return out

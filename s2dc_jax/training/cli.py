@@ -147,10 +147,12 @@ def main(kind: str, script: str, example: str, expect_task: str | None = None, d
     flags.DEFINE_string("workdir", None, "Run folder: checkpoints/, log.txt, config.json, TensorBoard events "
                                          "(and best/, predictions/ for fine-tuning).")
     flags.DEFINE_bool("print_config", False, "Print the resolved config and exit.")
+    flags.DEFINE_bool("dry_run", False, "Check the config and every datalist entry's header, compile and time one "
+                                        "step, print the per-device batch and memory estimate, and exit.")
     flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for several hosts.")
     flags.DEFINE_integer("num_processes", None, "Number of processes (hosts), with --coordinator_address.")
     flags.DEFINE_integer("process_id", None, "This process's index, with --coordinator_address.")
-    for name in ("config", "workdir", "print_config", "coordinator_address", "num_processes", "process_id"):
+    for name in ("config", "workdir", "print_config", "dry_run", "coordinator_address", "num_processes", "process_id"):
         flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])  # listed by --help
     if doc:
         sys.modules["__main__"].__doc__ = doc  # --help's text, also for the installed s2dc-* commands
@@ -178,6 +180,10 @@ def main(kind: str, script: str, example: str, expect_task: str | None = None, d
             if not f.workdir:
                 fail(script, "--workdir is required (the run folder; re-running on it resumes)")
             loop.maybe_initialize_distributed(f.coordinator_address, f.num_processes, f.process_id)
+            if f.dry_run:
+                ok = loop.dry_run(task, f.workdir)
+                print("dry run: OK" if ok else "dry run: the data has problems (above)")
+                sys.exit(0 if ok else 2)
             result = loop.run(task, f.workdir)
         except (*USER_ERRORS, DataError, BadRecordError, loop.TrainingError) as e:
             fail(script, str(e))

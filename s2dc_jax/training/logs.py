@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -36,7 +37,8 @@ class RunLog:
         if not self.enabled:
             return
         for k, v in values.items():
-            self._tb.add_scalar(k, float(v), step)
+            if math.isfinite(float(v)):  # the log line shows a NaN; TensorBoard would only warn about it
+                self._tb.add_scalar(k, float(v), step)
         self.line(f"{label} {step} " + json.dumps({k: round(float(v), 6) for k, v in values.items()}))
 
     def images(self, step: int, pictures: dict) -> None:

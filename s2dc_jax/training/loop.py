@@ -144,7 +144,10 @@ class _TrainLog:
                 self.logs.line(f"step {s}: non-finite loss or gradients, update skipped ({self.in_a_row} in a row)")
             else:
                 self.in_a_row = 0
-        mean = {f"train/{k}": float(np.mean([m[k] for m in host])) for k in host[0]}
+        # A skipped step's metrics are not finite: the means are over the steps that were applied.
+        good = [m for m in host if m["skipped"] == 0] or host
+        mean = {f"train/{k}": float(np.mean([m[k] for m in good])) for k in host[0] if k != "skipped"}
+        mean["train/skipped"] = float(np.sum([m["skipped"] for m in host]))
         mean["train/volumes_per_second"] = batch_size * len(host) / max(dt, 1e-9)
         mean["train/step_seconds"] = dt / len(host)
         mean.update(extra)
@@ -289,3 +292,61 @@ def run(task: Task, workdir: str | os.PathLike) -> dict:
             data_iter.close()  # stops grain's workers and frees their shared memory
         preempted.close()
         logs.close()
+
+
+def memory_line(compiled) -> str:
+    """XLA's estimate of one compiled step's device memory, in one line."""
+    m = compiled.memory_analysis()
+    if m is None:
+        return "memory analysis not available on this backend"
+    gib = lambda b: b / 2**30  # noqa: E731
+    peak = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
+    return (f"per device: arguments {gib(m.argument_size_in_bytes):.2f} GiB, outputs {gib(m.output_size_in_bytes):.2f} "
+            f"GiB (donated {gib(m.alias_size_in_bytes):.2f}), temporaries {gib(m.temp_size_in_bytes):.2f} GiB, "
+            f"peak about {gib(peak):.2f} GiB")
+
+
+def dry_run(task: Task, workdir: str | os.PathLike, log=print) -> bool:
+    """Check a run before it starts: the config, every datalist entry's header, one compiled and timed step.
+
+    Prints the per-device batch, XLA's memory estimate and the step time; writes no
+    checkpoint (pretraining phantoms may be written into ``workdir``). False if the data
+    has problems.
+    """
+    config = task.config
+    mesh = make_mesh(config.get("num_devices", 0))
+    task.mesh = mesh
+    n_dev = mesh.devices.size
+    task.validate(n_dev)
+    log(f"config: OK ({task.name}, {n_dev} devices, {jax.process_count()} processes, global batch "
+        f"{config.batch_size}, {config.batch_size // n_dev} per device)")
+    report = task.check_data()
+    if report is not None:
+        for path, reason in report.problems[:20]:
+            log(f"BAD {path}: {reason}")
+        log(f"data: {report.summary()} ({report.rate()})")
+        if report.problems:
+            return False
+    task.prepare(Path(workdir).absolute(), log)
+    data_iter = iter(task.dataset(jax.process_index(), jax.process_count()))
+    try:
+        batch = to_global(next(data_iter), batch_sharding(mesh))
+        t0 = time.perf_counter()
+        compiled = compile_step(task, mesh).lower(abstract_state(task, mesh), batch).compile()
+        log(f"step compiled in {time.perf_counter() - t0:.1f} s; {memory_line(compiled)}")
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        state = task.initialize(create_state(task, mesh), log)
+        times = []
+        for _ in range(2):  # the first call also moves the state in place
+            t0 = time.perf_counter()
+            state, metrics = compiled(state, batch)
+            jax.block_until_ready(metrics)
+            times.append(time.perf_counter() - t0)
+        flops = float((cost or {}).get("flops", 0.0))
+        log(f"one step: {times[-1]:.2f} s" + (f", {flops / 1e9:.1f} GFLOP per device" if flops else "")
+            + f"; {task.total_steps} steps would take about {times[-1] * task.total_steps / 3600:.1f} h")
+    finally:
+        if hasattr(data_iter, "close"):
+            data_iter.close()
+    return True
