@@ -14,7 +14,8 @@ from s2dc_jax.interop import flatten_params
 from s2dc_jax.interop.workdir import load_params
 from s2dc_jax.tasks import data as task_data
 from s2dc_jax.tasks import finetune_config as task_config
-from s2dc_jax.tasks.init import merge, pretrained_params, source_params
+from s2dc_jax.tasks.finetune import FinetuneTask
+from s2dc_jax.tasks.init import merge, pretrained_params, read_pretrained
 from s2dc_jax.tasks.models import build_unetr
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,7 +55,7 @@ def test_init_torch_pt_matches_monai_forward(tmp_path):
     c.init.torch = str(path)
     model, fresh = _fresh(c)
     lines = []
-    params = _loaded(fresh, pretrained_params(fresh, c, log=lines.append))
+    params = _loaded(fresh, pretrained_params(fresh, read_pretrained(c), c, log=lines.append))
     n = len(flatten_params(fresh))
     assert f"loaded {n}, skipped 0 (init.skip), missing 0 (kept fresh), unexpected 0" in lines[-1]
     # MONAI's norms need more than one voxel at the bottleneck: 64^3.
@@ -77,8 +78,8 @@ def test_init_skip_first_layer_for_more_channels(tmp_path):
     c4.init.torch = str(path)
     _, fresh = _fresh(c4)
     with pytest.raises(ValueError, match="shape mismatch for swinViT/patch_embed/proj/kernel"):
-        pretrained_params(fresh, c4, log=lambda s: None)  # without init.skip the mismatch is an error, not silent
-    loaded, _ = source_params(c4)
+        pretrained_params(fresh, read_pretrained(c4), c4, log=lambda s: None)  # not silent without init.skip
+    loaded = read_pretrained(c4).tree
     with pytest.raises(ValueError, match="match no parameter"):  # a typo is not silently ignored
         merge(fresh, loaded, (r"patch_embd",))
     merged, report = merge(fresh, loaded, (r"swinViT/patch_embed/proj/",))
@@ -103,11 +104,11 @@ def test_init_errors_name_the_field(tmp_path):
     _, fresh = _fresh(c)
     c.init.torch = str(tmp_path / "nope.pt")
     with pytest.raises(ValueError, match="init.torch"):
-        pretrained_params(fresh, c, log=lambda s: None)
+        read_pretrained(c)
     c.init.torch = None
     c.init.checkpoint = str(tmp_path / "no_run")
     with pytest.raises(ValueError, match="init.checkpoint"):
-        pretrained_params(fresh, c, log=lambda s: None)
+        read_pretrained(c)
     c.init.torch = "w.pt"
     c.data.datalist = "x.json"
     with pytest.raises(ValueError, match="init.checkpoint and init.torch"):
@@ -126,12 +127,16 @@ def test_init_checkpoint_from_pretrain_workdir(tmp_path):
                                                       "batch_size=2", "num_devices=2"])
     loop.run(PretrainTask(d), work)
     student, step = load_params(work)
-    c = _seg_config()
-    c.model.feature_size, c.model.depths, c.model.num_heads = d.model.feature_size, d.model.depths, d.model.num_heads
-    c.model.use_v2, c.model.window_size = d.model.use_v2, d.model.window_size
+    c = _seg_config()  # feature 12 like the demo, but heads (1, 2, 2, 4), window 7 and v2 blocks
     c.init.checkpoint = str(work)
-    _, fresh = _fresh(c, seed=3)
-    merged, report = merge(fresh, source_params(c)[0], ())
+    task = FinetuneTask(c)  # the architecture travels with the weights
+    m, dm = task.config.model, d.model
+    assert (tuple(m.num_heads), m.window_size, m.use_v2) == (tuple(dm.num_heads), dm.window_size, dm.use_v2)
+    assert any(line.startswith("init: architecture from the weights") for line in task.init_lines)
+    with pytest.raises(ValueError, match="model.window_size=7 but the weights have 4"):
+        FinetuneTask(c, explicit={"model.window_size"})
+    _, fresh = _fresh(task.config, seed=3)
+    merged, report = merge(fresh, task.pretrained.tree, ())
     params = _loaded(fresh, merged)
     ours, theirs = flatten_params(params["swinViT"]), flatten_params(student["encoder"])
     assert set(ours) == set(theirs) and not report.skipped and not report.unexpected
