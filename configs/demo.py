@@ -38,4 +38,13 @@ def get_config(arg=None):
     c.ssl.queue_size = 32
     c.optim.lr = 1e-3
     c.optim.warmup_steps = 5
+    # Held-out evaluation: 6 more phantoms (labelled) never trained on, 2 fixed views each,
+    # at steps 0, 50, 100, 150: correspondence of the pretrained encoder vs random inits vs raw
+    # intensities, and a linear probe of the finer tokens; the correspondence picture goes
+    # to TensorBoard every 50 steps and to WORKDIR/predictions at the end.
+    c.eval_every = 50
+    c.image_every = 50
+    c.eval.at_start = True
+    c.eval.phantoms = 6
+    c.eval.views_per_volume = 2
     return c

@@ -336,6 +336,7 @@ class HeldOutEval:
         self.baselines: dict | None = None
         self._device_views = None
         self._fns: dict = {}
+        self._log: Callable[[str], None] = lambda _: None
         self.seconds: list[float] = []       # wall time of each evaluation (baselines excluded)
         self.baseline_seconds = 0.0
 
@@ -345,6 +346,7 @@ class HeldOutEval:
     def load(self, val_paths: list[str], probe: list[tuple[str, str]], log: Callable[[str], None]) -> None:
         """Fixed views of the held-out ``val_paths`` and the probe's (image, label) cases, read once."""
         c = self.config
+        self._log = log
         if val_paths:
             n = c.eval.num_volumes or len(val_paths)
             self.views = make_fixed_views(val_paths[:n], c.data, c.eval.seed, c.eval.views_per_volume)
@@ -367,27 +369,27 @@ class HeldOutEval:
         c = self.config
         return dict(ssl_cfg=c.ssl, crop_size=c.data.crop_size)
 
-    def _scores_fn(self, raw: bool):
-        key = "raw" if raw else "model"
-        if key not in self._fns:
+    def _scores_fn(self):
+        """jit over the mesh: ``(params, views...) -> {level: (hits, pairs)}``, the model's levels and the raw ones."""
+        if "scores" not in self._fns:
             c = self.config
             encode, kw = self.encode, self._kw()
-            raw_arg = (c.model.patch_size * 16, c.eval.raw_pool) if raw else None  # one token per 32 voxels at patch 2
+            raw = (int(c.model.patch_size) * 16, int(c.eval.raw_pool))  # one token per 32 voxels at patch 2
 
             def per_device(params, image, affine, shift, weight):
                 # this device's views: image f32[v, X, Y, Z, C], affine f32[v, 4], shift f32[v], weight f32[v]
                 def one(args):
-                    img, aff, sh = args
-                    return view_scores(encode, None if raw else params, img, aff, sh, raw=raw_arg, **kw)
+                    # the raw levels cost little next to the encoder: one compiled function instead of two
+                    return view_scores(encode, params, *args, raw=raw, **kw)
 
                 # one view at a time: the memory of one view's two encoder passes, whatever the count
                 per_view = jax.lax.map(one, (image, affine, shift))              # {level: ([v], [v])}
                 return {k: (jax.lax.psum(jnp.sum(h * weight), AXIS), jax.lax.psum(jnp.sum(p * weight), AXIS))
                         for k, (h, p) in per_view.items()}
 
-            self._fns[key] = jax.jit(jax.shard_map(per_device, mesh=self.mesh,
-                                                   in_specs=(P(), P(AXIS), P(AXIS), P(AXIS), P(AXIS)), out_specs=P()))
-        return self._fns[key]
+            self._fns["scores"] = jax.jit(jax.shard_map(per_device, mesh=self.mesh,
+                                                        in_specs=(P(), P(AXIS), P(AXIS), P(AXIS), P(AXIS)), out_specs=P()))
+        return self._fns["scores"]
 
     def _on_mesh(self):
         """The fixed views as global arrays split over the mesh, padded with weight-0 copies to a multiple of its size."""
@@ -404,30 +406,37 @@ class HeldOutEval:
         return self._device_views
 
     def correspondence(self, params) -> dict:
-        """``{level: accuracy}`` of ``params`` (replicated over the mesh) on the fixed held-out views."""
-        return _accuracy(jax.device_get(self._scores_fn(False)(params, *self._on_mesh())))
+        """``{level: accuracy}`` of ``params`` (replicated over the mesh) on the fixed held-out views, raw levels included."""
+        return _accuracy(jax.device_get(self._scores_fn()(params, *self._on_mesh())))
 
     def random_params(self, k: int) -> dict:
         """Random-init model ``k`` (keys apart from the training's), replicated over the mesh."""
         key = jax.random.fold_in(jax.random.PRNGKey(EVAL_STREAM), 1000 * int(self.config.eval.seed) + k)
         return jax.jit(self.init_params, out_shardings=NamedSharding(self.mesh, P()))(key)
 
-    def compute_baselines(self) -> dict:
-        """``random_*`` (mean over random inits) and ``raw_*`` accuracies, and random-init probe scores: once."""
+    def compute_baselines(self, raw: dict | None = None) -> dict:
+        """``random_corr_*`` (mean over random inits), ``raw_corr_*`` and the random-init probe's scores: once.
+
+        ``raw``: raw-level accuracies already measured (they do not depend on the params).
+        """
         if self.baselines is None:
             t0 = time.perf_counter()
             out = {}
-            if self.views is not None:
-                raw = _accuracy(jax.device_get(self._scores_fn(True)(np.zeros((), np.float32), *self._on_mesh())))
-                out.update({f"raw_corr_{k.removeprefix('raw_')}": v for k, v in raw.items()})
             rand = [self.random_params(k) for k in range(self.config.eval.random_inits)]
-            if self.views is not None and rand:
+            if self.views is not None:
                 accs = [self.correspondence(p) for p in rand]
-                out.update({f"random_corr_{k}": float(np.mean([a[k] for a in accs])) for k in accs[0]})
+                if raw is None:
+                    raw = accs[0] if accs else self.correspondence(self.random_params(0))
+                out.update({f"raw_corr_{k.removeprefix('raw_')}": v for k, v in raw.items() if k.startswith("raw_")})
+                if accs:
+                    out.update({f"random_corr_{k}": float(np.mean([a[k] for a in accs]))
+                                for k in accs[0] if not k.startswith("raw_")})
             if self.probe_cases and rand:
                 out.update({f"random_{k}": v for k, v in self.probe(rand[0]).items()})
             self.baselines = out
             self.baseline_seconds = time.perf_counter() - t0
+            self._log(f"held-out baselines computed once in {self.baseline_seconds:.1f} s: "
+                      + ", ".join(f"{k}={v:.3f}" for k, v in out.items()))
         return self.baselines
 
     # ---- probe
@@ -467,14 +476,14 @@ class HeldOutEval:
     # ---- what the task returns to the loop
     def evaluate(self, params) -> dict:
         """Pretrained scores (``corr_<level>``, ``probe_*``), the baselines, and ``seconds`` (this evaluation's)."""
-        base = self.compute_baselines()
         t0 = time.perf_counter()
-        out = {}
+        out, acc = {}, None
         if self.views is not None:
-            out.update({f"corr_{k}": v for k, v in self.correspondence(params).items()})
+            acc = self.correspondence(params)
+            out.update({f"corr_{k}": v for k, v in acc.items() if not k.startswith("raw_")})
         if self.probe_cases:
             out.update(self.probe(params))
         self.seconds.append(time.perf_counter() - t0)
-        out.update(base)
+        out.update(self.compute_baselines(raw=acc))
         out["seconds"] = self.seconds[-1]
         return out

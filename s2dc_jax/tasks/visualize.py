@@ -277,3 +277,49 @@ def write_pngs(result: dict, out_dir, voxel=None) -> dict:
     summary = {name: {"right": h, "pairs": p, "accuracy": h / max(p, 1)} for name, (h, p) in {**counts, **raw}.items()}
     paths["summary"].write_text(json.dumps(summary, indent=1))
     return paths
+
+
+def run_config_of(checkpoint, step: int | None = None):
+    """The ConfigDict of the pretraining run that ``checkpoint`` (a workdir or step folder) belongs to."""
+    import ml_collections
+
+    from s2dc_jax.interop.workdir import resolve, run_config
+
+    resolve(checkpoint, step)  # FileNotFoundError naming a missing path or step first
+    cfg = run_config(checkpoint)
+    if cfg is None:
+        raise FileNotFoundError(f"{checkpoint}: no config.json in the workdir (it names the model and preset)")
+    return ml_collections.ConfigDict(cfg)
+
+
+def load_params(checkpoint, step: int | None = None) -> tuple[dict, int]:
+    """The ``{"encoder", "heads"}`` params (numpy) of a pretraining checkpoint and its step."""
+    from s2dc_jax.interop import workdir
+
+    params, step = workdir.load_params(checkpoint, step)
+    if workdir.params_kind(params) != "pretrain":
+        raise ValueError(f"{checkpoint}: not a pretraining checkpoint (its params hold no encoder + heads)")
+    return params, step
+
+
+def run_visualize(checkpoint, out, *, step=None, image=None, datalist=None, split="", index=0, view=0, seed=None,
+                  voxel=None) -> dict:
+    """What launch/visualize.py does: the PNGs of one fixed view of a volume; returns their paths and ``accuracy``."""
+    from s2dc_jax.data.datalist import read_datalist
+    from s2dc_jax.tasks.pretrain import build_encoder
+
+    config = run_config_of(checkpoint, step)
+    if datalist:
+        recs = read_datalist(datalist, split=pretrain_eval.resolve_split(datalist, split))
+        if not 0 <= index < len(recs):
+            raise ValueError(f"--index={index}: {datalist} has {len(recs)} entries in that list")
+        image = recs[index]["image"]
+    if seed is None:
+        seed = int(config.get("eval", {}).get("seed", 0))
+    # The volume before the weights: a bad file fails in a second, not after the restore.
+    img, affine, shift = pretrain_eval.fixed_view(image, index, view, config.data, seed)
+    params, _ = load_params(checkpoint, step)
+    result = Analyser(config, build_encoder(config.model))(params, img[..., None], affine, shift)
+    paths = write_pngs(result, out, voxel=voxel)
+    paths["accuracy"] = json.loads(paths["summary"].read_text())
+    return paths
