@@ -149,11 +149,12 @@ def test_evaluation_is_the_same_on_one_and_four_devices(tmp_path):
 
 def test_probe_and_token_labels():
     lab = np.zeros((8, 8, 4), np.int32)
-    lab[:4, :, :2] = 2
-    lab[:3, :, 2:] = 1                       # 3 of 4 rows: label 1 is the majority of those tokens
-    np.testing.assert_array_equal(ev.token_labels(lab, 4)[:, :, 0], [[2, 2], [0, 0]])
-    np.testing.assert_array_equal(ev.token_labels(lab, 4)[:, :, 0].shape, (2, 2))
-    assert ev.token_labels(lab, 4).shape == (2, 2, 1)
+    lab[:4, :4, :2] = 2                      # token (0, 0): half of it label 2
+    lab[:4, :4, 2:] = 1                      # ... and the other half label 1 (a tie: the lower label)
+    lab[4:, :1, :] = 3                       # token (1, 0): a quarter label 3
+    lab[:1, 4:, :1] = 1                      # token (0, 1): 1/16 label 1, under min_fraction
+    np.testing.assert_array_equal(ev.token_labels(lab, 4)[:, :, 0], [[1, 0], [3, 0]])
+    np.testing.assert_array_equal(ev.token_labels(lab, 4, min_fraction=0.5)[:, :, 0], [[1, 0], [0, 0]])
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, 300)
     x = np.eye(3)[y] * 3 + rng.normal(size=(300, 3)) * 0.1
@@ -166,7 +167,8 @@ def test_probe_and_token_labels():
 
 @pytest.mark.parametrize("field,value", [
     ("eval_every", -1), ("image_every", -2), ("eval.raw_pool", 3), ("eval.views_per_volume", 0),
-    ("eval.probe_level", "head"), ("eval.probe_train_fraction", 1.0), ("data.val_fraction", 1.0),
+    ("eval.probe_level", "head"), ("eval.probe_train_fraction", 1.0), ("eval.probe_min_fraction", 0.0),
+    ("data.val_fraction", 1.0),
 ])
 def test_validate_names_the_field(field, value):
     with pytest.raises(ValueError, match=f"config.{field}"):

@@ -65,6 +65,7 @@ def default_eval_config() -> ml_collections.ConfigDict:
     c.probe_level = "finer"     # 'last' | 'finer': the tokens the probe classifies
     c.probe_volumes = 8         # probe volumes used, the first of the list; 0 = all
     c.probe_train_fraction = 0.5  # the first share of them fits the classifier, the rest scores it
+    c.probe_min_fraction = 0.25   # a token's label: its most frequent structure if it covers this share, else 0
     return c
 
 
@@ -88,6 +89,7 @@ def validate_eval_config(c, token_size: int) -> None:
          f"must divide the finer token size {finer} (data.crop_size / (2 * tokens per crop side)), got {e.raw_pool}")
     need(e.probe_level in PROBE_LEVELS, "eval.probe_level", f"must be one of {PROBE_LEVELS}, got {e.probe_level!r}")
     need(e.probe_volumes >= 0, "eval.probe_volumes", f"must be >= 0 (0 = all), got {e.probe_volumes}")
+    need(0.0 < e.probe_min_fraction <= 1.0, "eval.probe_min_fraction", f"must be in (0, 1], got {e.probe_min_fraction}")
     need(0.0 < e.probe_train_fraction < 1.0, "eval.probe_train_fraction",
          f"must be in (0, 1), got {e.probe_train_fraction}")
     if c.eval_every > 0 or e.at_start:
@@ -251,14 +253,22 @@ def _accuracy(sums: dict) -> dict:
 
 # ---------------------------------------------------------------- probe (host, scikit-learn)
 
-def token_labels(label: np.ndarray, token_size: int) -> np.ndarray:
-    """Majority label ``int[gx, gy, gz]`` of each token's voxels of a label map ``int[X, Y, Z]``."""
+def token_labels(label: np.ndarray, token_size: int, min_fraction: float = 0.25) -> np.ndarray:
+    """Label ``int[gx, gy, gz]`` of each token of a label map ``int[X, Y, Z]``: its most frequent structure (label > 0)
+    where that covers at least ``min_fraction`` of its voxels, else 0.
+
+    A plain majority would call nearly every token background: organs are a few percent of a
+    volume, and few fill most of a 16^3 or 32^3 token.
+    """
     x, y, z = label.shape
     s = token_size
     blocks = label.reshape(x // s, s, y // s, s, z // s, s).transpose(0, 2, 4, 1, 3, 5).reshape(x // s, y // s, z // s, -1)
     k = int(label.max()) + 1
-    counts = (blocks[..., None] == np.arange(k)).sum(-2)
-    return counts.argmax(-1)
+    counts = (blocks[..., None] == np.arange(k)).mean(-2)                 # [gx, gy, gz, k] fractions
+    if k == 1:
+        return np.zeros(counts.shape[:3], np.int64)
+    best = counts[..., 1:].argmax(-1) + 1
+    return np.where(np.take_along_axis(counts, best[..., None], -1)[..., 0] >= min_fraction, best, 0)
 
 
 def probe_case(image_path: str, label_path: str, data_cfg) -> tuple[np.ndarray, np.ndarray]:
@@ -297,7 +307,8 @@ def fit_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test
     if len(np.unique(train_y)) < 2:
         return {}  # one class among the fitting tokens (volumes too small for their structures): nothing to fit
     scaler = StandardScaler().fit(train_x)
-    clf = LogisticRegression(max_iter=500, C=1.0).fit(scaler.transform(train_x), train_y)
+    # balanced: the structures are a small share of the tokens, and an unweighted fit may ignore them
+    clf = LogisticRegression(max_iter=1000, C=1.0, class_weight="balanced").fit(scaler.transform(train_x), train_y)
     pred = clf.predict(scaler.transform(test_x))
     out = {"acc": float(np.mean(pred == test_y))}
     dice = []
@@ -467,7 +478,8 @@ class HeldOutEval:
                                          lambda i: images[idx][i])
         feats = np.asarray(jax.device_get(self._features_fn()(params, x)))[:n]          # [n, gx, gy, gz, F]
         ts = self.config.data.roi_large[0] // feats.shape[1]
-        labels = np.stack([token_labels(c[1], ts) for c in self.probe_cases])          # [n, gx, gy, gz]
+        labels = np.stack([token_labels(c[1], ts, self.config.eval.probe_min_fraction)
+                           for c in self.probe_cases])                                # [n, gx, gy, gz]
         k = self._probe_split()
         f, y = feats.reshape(n, -1, feats.shape[-1]), labels.reshape(n, -1)
         r = fit_probe(f[:k].reshape(-1, f.shape[-1]), y[:k].ravel(), f[k:].reshape(-1, f.shape[-1]), y[k:].ravel())
