@@ -28,6 +28,9 @@ _INDEX = flags.DEFINE_integer("index", 0, "Entry of the datalist's list; also se
 _VIEW = flags.DEFINE_integer("view", 0, "Which fixed view of the volume (as the evaluation's eval.views_per_volume).")
 _SEED = flags.DEFINE_integer("seed", None, "Seed of the fixed view (default: the run's eval.seed, else 0).")
 _VOXEL = flags.DEFINE_list("voxel", None, "x,y,z of the token of the similarity map (default: the ROI centre).")
+_LEVELS = flags.DEFINE_list("levels", "head,last,finer", "Token levels drawn: head (patch head), last (encoder "
+                            "last stage), finer (the stage before).")
+_DPI = flags.DEFINE_integer("dpi", 100, "Resolution of the PNGs.")
 _OUT = flags.DEFINE_string("out", None, "Output folder for the PNGs and summary.json.")
 flags.mark_flags_as_required(["checkpoint", "out"])
 
@@ -55,7 +58,8 @@ def main(argv):
         paths = visualize.run_visualize(_CHECKPOINT.value, _OUT.value, step=_STEP.value, image=_IMAGE.value,
                                         datalist=_DATALIST.value, split=_SPLIT.value, index=_INDEX.value,
                                         view=_VIEW.value, seed=_SEED.value,
-                                        voxel=tuple(int(v) for v in _VOXEL.value) if _VOXEL.value else None)
+                                        voxel=tuple(int(v) for v in _VOXEL.value) if _VOXEL.value else None,
+                                        levels=tuple(_LEVELS.value), dpi=_DPI.value)
     except (ValueError, FileNotFoundError, DataError) as e:
         fail(str(e))
     for name, acc in paths.pop("accuracy").items():

@@ -33,7 +33,6 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from s2dc_jax import objectives
-from s2dc_jax.data import datalist as datalist_lib
 from s2dc_jax.data import io, presets
 from s2dc_jax.data.pipeline import num_crops, view_ranges
 from s2dc_jax.data.view_params import sample_view_params

@@ -113,8 +113,11 @@ def _gray(ax, img: np.ndarray, vmin, vmax):
 
 
 def _range(result):
-    src = np.asarray(result["views"][0])
-    lo, hi = np.percentile(src, [1, 99])
+    """A display window for the tissue: the 2-98th percentiles of the src voxels above the background."""
+    src = np.asarray(result["views"][0])[..., 0]
+    floor = np.percentile(src, 2)
+    body = src[src > floor + 1e-3 * max(float(np.ptp(src)), 1e-6)]
+    lo, hi = np.percentile(body if body.size > 100 else src, [2, 98])
     return float(lo), float(max(hi, lo + 1e-6))
 
 
@@ -263,18 +266,25 @@ def to_array(fig) -> np.ndarray:
     return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
 
 
-def write_pngs(result: dict, out_dir, voxel=None) -> dict:
+LEVELS = ("head", "last", "finer")
+
+
+def write_pngs(result: dict, out_dir, voxel=None, levels=LEVELS, dpi: int = 100) -> dict:
     """``correspondence.png``, ``similarity.png``, ``pca.png`` and ``summary.json`` (the accuracies drawn) in ``out_dir``."""
+    bad = [lv for lv in levels if lv not in LEVELS]
+    if bad or not levels:
+        raise ValueError(f"--levels: each must be one of {LEVELS}, got {tuple(levels)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    fig, counts = correspondence_figure(result, levels=("head", "last", "finer"))
+    fig, counts = correspondence_figure(result, levels=tuple(levels))
     paths = {"correspondence": out / "correspondence.png", "similarity": out / "similarity.png",
              "pca": out / "pca.png", "summary": out / "summary.json"}
-    fig.savefig(paths["correspondence"])
-    similarity_figure(result, voxel=voxel).savefig(paths["similarity"])
-    pca_figure(result).savefig(paths["pca"])
-    raw = {k: level_accuracy(result[k]) for k in ("raw_last", "raw_finer") if k in result}
-    summary = {name: {"right": h, "pairs": p, "accuracy": h / max(p, 1)} for name, (h, p) in {**counts, **raw}.items()}
+    fig.savefig(paths["correspondence"], dpi=dpi)
+    similarity_figure(result, levels=tuple(levels), voxel=voxel).savefig(paths["similarity"], dpi=dpi)
+    pca_figure(result, level="finer" if "finer" in levels else levels[-1]).savefig(paths["pca"], dpi=dpi)
+    # the drawn levels' counts are the figure's; the others (and the raw baselines) the same count, undrawn
+    rest = {k: level_accuracy(result[k]) for k in (*LEVELS, "raw_last", "raw_finer") if k in result and k not in counts}
+    summary = {name: {"right": h, "pairs": p, "accuracy": h / max(p, 1)} for name, (h, p) in {**counts, **rest}.items()}
     paths["summary"].write_text(json.dumps(summary, indent=1))
     return paths
 
@@ -303,11 +313,13 @@ def load_params(checkpoint, step: int | None = None) -> tuple[dict, int]:
 
 
 def run_visualize(checkpoint, out, *, step=None, image=None, datalist=None, split="", index=0, view=0, seed=None,
-                  voxel=None) -> dict:
+                  voxel=None, levels=LEVELS, dpi: int = 100) -> dict:
     """What launch/visualize.py does: the PNGs of one fixed view of a volume; returns their paths and ``accuracy``."""
     from s2dc_jax.data.datalist import read_datalist
     from s2dc_jax.tasks.pretrain import build_encoder
 
+    if not levels or any(lv not in LEVELS for lv in levels):
+        raise ValueError(f"--levels: each must be one of {LEVELS}, got {tuple(levels)}")
     config = run_config_of(checkpoint, step)
     if datalist:
         recs = read_datalist(datalist, split=pretrain_eval.resolve_split(datalist, split))
@@ -320,6 +332,6 @@ def run_visualize(checkpoint, out, *, step=None, image=None, datalist=None, spli
     img, affine, shift = pretrain_eval.fixed_view(image, index, view, config.data, seed)
     params, _ = load_params(checkpoint, step)
     result = Analyser(config, build_encoder(config.model))(params, img[..., None], affine, shift)
-    paths = write_pngs(result, out, voxel=voxel)
+    paths = write_pngs(result, out, voxel=voxel, levels=levels, dpi=dpi)
     paths["accuracy"] = json.loads(paths["summary"].read_text())
     return paths
