@@ -346,6 +346,7 @@ class HeldOutEval:
         self.baselines: dict | None = None
         self._device_views = None
         self._fns: dict = {}
+        self.pairs: dict = {}
         self._log: Callable[[str], None] = lambda _: None
         self.seconds: list[float] = []       # wall time of each evaluation (baselines excluded)
         self.baseline_seconds = 0.0
@@ -417,7 +418,9 @@ class HeldOutEval:
 
     def correspondence(self, params) -> dict:
         """``{level: accuracy}`` of ``params`` (replicated over the mesh) on the fixed held-out views, raw levels included."""
-        return _accuracy(jax.device_get(self._scores_fn()(params, *self._on_mesh())))
+        sums = jax.device_get(self._scores_fn()(params, *self._on_mesh()))
+        self.pairs = {k: int(p) for k, (_, p) in sums.items()}   # the accuracies' denominators (their noise)
+        return _accuracy(sums)
 
     def random_params(self, k: int) -> dict:
         """Random-init model ``k`` (keys apart from the training's), replicated over the mesh."""
@@ -446,7 +449,9 @@ class HeldOutEval:
             self.baselines = out
             self.baseline_seconds = time.perf_counter() - t0
             self._log(f"held-out baselines computed once in {self.baseline_seconds:.1f} s: "
-                      + ", ".join(f"{k}={v:.3f}" for k, v in out.items()))
+                      + ", ".join(f"{k}={v:.3f}" for k, v in out.items())
+                      + ("; ground-truth pairs per level: " + ", ".join(f"{k} {v}" for k, v in self.pairs.items())
+                         if self.pairs else ""))
         return self.baselines
 
     # ---- probe
