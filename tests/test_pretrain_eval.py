@@ -1,4 +1,4 @@
-"""Held-out evaluation of pretraining: the shared correspondence function, fixed views, baselines, probe, no effect on training."""
+"""Held-out evaluation of pretraining: the shared correspondence function, fixed views, baselines, probe, no effect."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -181,6 +181,8 @@ def test_evaluation_needs_held_out_volumes():
     config_lib.validate(tiny_config(eval_every=2, **{"eval.phantoms": 2}), device_count=2)
     config_lib.validate(tiny_config(eval_every=2, **{"data.val_fraction": 0.25}), device_count=2)
     assert config_lib.pretrain_config().eval_every == 0 and config_lib.pretrain_config().image_every == 0
+    with pytest.raises(ValueError, match="config.data.val_fraction: give data.val_datalist or"):
+        config_lib.validate(tiny_config(**{"data.val_fraction": 0.2, "data.val_datalist": "v.json"}), device_count=2)
 
 
 def test_val_fraction_holds_volumes_out_of_training(tmp_path):

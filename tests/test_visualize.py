@@ -1,4 +1,4 @@
-"""Pictures: launch/visualize.py on a tiny pretraining checkpoint, its accuracy vs the evaluation's, errors, TensorBoard."""
+"""Pictures: launch/visualize.py on a tiny pretraining checkpoint, its accuracy vs the evaluation's, errors, TB."""
 import json
 import os
 import subprocess

@@ -6,6 +6,7 @@ State is one pytree: ``{step, params (student), teacher, opt_state, queue, queue
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import jax
@@ -28,7 +29,6 @@ def _has_validation(path: Path, count: int) -> bool:
         return False
     if not count:
         return True
-    import json
     return len(json.loads(path.read_text()).get("validation", [])) == count
 
 
@@ -156,8 +156,9 @@ class PretrainTask(Task):
                 v = self.heldout.views
                 self.picture_view = (v.image[0], v.affine[0], v.shift[0])
             else:
-                first = (val or [data_lib.read_datalist(c.data.datalist, root=c.data.root, split=c.data.split)[0]["image"]])[0]
-                img, aff, sh = pretrain_eval.fixed_view(first, 0, 0, c.data, c.eval.seed)
+                if not val:
+                    val = [data_lib.read_datalist(c.data.datalist, root=c.data.root, split=c.data.split)[0]["image"]]
+                img, aff, sh = pretrain_eval.fixed_view(val[0], 0, 0, c.data, c.eval.seed)
                 self.picture_view = (img[..., None], aff, sh)
 
     def _init_params(self, rng):

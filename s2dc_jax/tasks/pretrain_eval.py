@@ -69,7 +69,7 @@ def default_eval_config() -> ml_collections.ConfigDict:
 
 
 def validate_eval_config(c, token_size: int) -> None:
-    """ValueError naming the first ``eval_every`` / ``image_every`` / ``eval.*`` / ``data.val_*`` field that cannot work."""
+    """ValueError naming the first ``eval_every`` / ``image_every`` / ``eval.*`` / ``data.val_*`` field that fails."""
 
     def need(ok, field, msg):
         if not ok:
@@ -79,6 +79,8 @@ def validate_eval_config(c, token_size: int) -> None:
     need(c.eval_every >= 0, "eval_every", f"must be >= 0 (0 = no held-out evaluation), got {c.eval_every}")
     need(c.image_every >= 0, "image_every", f"must be >= 0 (0 = no pictures), got {c.image_every}")
     need(0.0 <= c.data.val_fraction < 1.0, "data.val_fraction", f"must be in [0, 1), got {c.data.val_fraction}")
+    need(not (c.data.val_fraction > 0 and c.data.val_datalist), "data.val_fraction",
+         "give data.val_datalist or data.val_fraction, not both")
     need(e.num_volumes >= 0, "eval.num_volumes", f"must be >= 0 (0 = all), got {e.num_volumes}")
     need(e.views_per_volume >= 1, "eval.views_per_volume", f"must be >= 1, got {e.views_per_volume}")
     need(e.random_inits >= 0, "eval.random_inits", f"must be >= 0, got {e.random_inits}")
@@ -133,7 +135,7 @@ def fixed_view_rng(seed: int, volume: int, view: int) -> np.random.Generator:
 
 
 def fixed_view(path: str, volume: int, view: int, data_cfg, seed: int) -> tuple[np.ndarray, np.ndarray, np.float32]:
-    """One fixed view of a volume: its large ROI ``f32[X, Y, Z]`` (the training's preset), ``aug_full`` affine ``f32[4]`` and shift."""
+    """A volume's fixed view: large ROI ``f32[X, Y, Z]`` (training's preset), ``aug_full`` affine ``f32[4]``, shift."""
     rng = fixed_view_rng(seed, volume, view)
     raw = io.open_raw(path)
     roi = tuple(int(r) for r in data_cfg.roi_large)
@@ -170,7 +172,7 @@ def nearest_matches(q: jax.Array, k: jax.Array, gt: jax.Array) -> dict:
 
 
 def problems(grid: jax.Array, mode: str) -> jax.Array:
-    """ROI tokens ``f32[gx, gy, gz, F]`` -> matching problems ``f32[S, M, F]``: z-slices (inplane) or the volume (3d)."""
+    """ROI tokens ``f32[gx, gy, gz, F]`` -> matching problems ``f32[S, M, F]``: z-slices (inplane) or the ROI (3d)."""
     gx, gy, gz, f = grid.shape
     if mode == "inplane":
         return grid.reshape(gx * gy, gz, f).transpose(1, 0, 2)   # [gz, gx*gy, F], token ix * gy + iy
@@ -189,7 +191,7 @@ def _crops(roi: jax.Array, crop_size: int) -> jax.Array:
 
 def analyse_view(encode: Callable, params: dict | None, image: jax.Array, affine: jax.Array, shift: jax.Array, *,
                  ssl_cfg, crop_size: int, raw: tuple[int, int] | None = None) -> dict:
-    """Everything measured on one fixed view ``image f32[X, Y, Z, C]``: ``{level: {"src", "aug", "gt", "token_size", **nearest_matches}}``.
+    """What is measured on one view ``image f32[X, Y, Z, C]``: ``{level: {src, aug, gt, token_size, **matches}}``.
 
     ``encode(enc_params, f32[n, c, c, c, C]) -> list of stage features f32[n, t, t, t, F]``
     (the last two are used) gives the levels last, finer, head when ``params``
@@ -228,7 +230,7 @@ def analyse_view(encode: Callable, params: dict | None, image: jax.Array, affine
 
 
 def raw_tokens(roi: jax.Array, token_size: int, pool: int) -> jax.Array:
-    """Raw-intensity tokens ``f32[gx, gy, gz, pool^3 * C]`` of a ROI ``f32[X, Y, Z, C]``, centred over the view's tokens.
+    """Raw-intensity tokens ``f32[gx, gy, gz, pool^3 * C]`` of ROI ``f32[X, Y, Z, C]``, centred over the view's tokens.
 
     Centring removes the view's mean pattern and an intensity shift; without it every
     pair of (positive) CT intensities has a cosine near 1 and the baseline would be noise.
@@ -261,7 +263,8 @@ def token_labels(label: np.ndarray, token_size: int, min_fraction: float = 0.25)
     """
     x, y, z = label.shape
     s = token_size
-    blocks = label.reshape(x // s, s, y // s, s, z // s, s).transpose(0, 2, 4, 1, 3, 5).reshape(x // s, y // s, z // s, -1)
+    blocks = label.reshape(x // s, s, y // s, s, z // s, s).transpose(0, 2, 4, 1, 3, 5)
+    blocks = blocks.reshape(x // s, y // s, z // s, -1)                  # [gx, gy, gz, s^3] voxel labels
     k = int(label.max()) + 1
     counts = (blocks[..., None] == np.arange(k)).mean(-2)                 # [gx, gy, gz, k] fractions
     if k == 1:
@@ -302,7 +305,8 @@ def fit_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test
         from sklearn.linear_model import LogisticRegression
         from sklearn.preprocessing import StandardScaler
     except ImportError:  # checked in prepare; kept for direct callers
-        raise ImportError("the linear probe (eval.probe_datalist) needs scikit-learn: pip install scikit-learn") from None
+        raise ImportError("the linear probe (eval.probe_datalist) needs scikit-learn: "
+                          "pip install scikit-learn") from None
     if len(np.unique(train_y)) < 2:
         return {}  # one class among the fitting tokens (volumes too small for their structures): nothing to fit
     scaler = StandardScaler().fit(train_x)
@@ -326,7 +330,7 @@ def fit_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test
 # ---------------------------------------------------------------- the evaluator
 
 def encode_fn(encoder, dtype: str) -> Callable:
-    """``encode(enc_params, f32[N, c, c, c, C]) -> 5 stage features f32[N, t, t, t, F]`` in ``dtype``, returned as float32."""
+    """``encode(enc_params, f32[N, c, c, c, C]) -> 5 stage features f32[N, t, t, t, F]``, computed in ``dtype``."""
     dt = jnp.dtype(dtype)
 
     def encode(enc_params, x):
@@ -398,12 +402,12 @@ class HeldOutEval:
                 return {k: (jax.lax.psum(jnp.sum(h * weight), AXIS), jax.lax.psum(jnp.sum(p * weight), AXIS))
                         for k, (h, p) in per_view.items()}
 
-            self._fns["scores"] = jax.jit(jax.shard_map(per_device, mesh=self.mesh,
-                                                        in_specs=(P(), P(AXIS), P(AXIS), P(AXIS), P(AXIS)), out_specs=P()))
+            specs = (P(), P(AXIS), P(AXIS), P(AXIS), P(AXIS))
+            self._fns["scores"] = jax.jit(jax.shard_map(per_device, mesh=self.mesh, in_specs=specs, out_specs=P()))
         return self._fns["scores"]
 
     def _on_mesh(self):
-        """The fixed views as global arrays split over the mesh, padded with weight-0 copies to a multiple of its size."""
+        """The fixed views as global arrays split over the mesh, padded with weight-0 copies to a multiple of it."""
         if self._device_views is None:
             v = self.views
             n_dev = self.mesh.devices.size
@@ -413,11 +417,12 @@ class HeldOutEval:
             sharding = NamedSharding(self.mesh, P(AXIS))
             host = (v.image[idx], v.affine[idx], v.shift[idx], weight)
             # every process holds all views: each fills its own shards
-            self._device_views = tuple(jax.make_array_from_callback(a.shape, sharding, lambda i, a=a: a[i]) for a in host)
+            self._device_views = tuple(jax.make_array_from_callback(a.shape, sharding, lambda i, a=a: a[i])
+                                       for a in host)
         return self._device_views
 
     def correspondence(self, params) -> dict:
-        """``{level: accuracy}`` of ``params`` (replicated over the mesh) on the fixed held-out views, raw levels included."""
+        """``{level: accuracy}`` of ``params`` (replicated over the mesh) on the fixed views, raw levels included."""
         sums = jax.device_get(self._scores_fn()(params, *self._on_mesh()))
         self.pairs = {k: int(p) for k, (_, p) in sums.items()}   # the accuracies' denominators (their noise)
         return _accuracy(sums)
@@ -474,7 +479,7 @@ class HeldOutEval:
         return self._fns["features"]
 
     def probe(self, params) -> dict:
-        """Linear probe of the ``eval.probe_level`` tokens of ``params``: ``{"probe_acc", "probe_dice", "probe_dice_<k>"}``."""
+        """Probe of the ``eval.probe_level`` tokens of ``params``: ``{probe_acc, probe_dice, probe_dice_<k>}``"""
         images = np.stack([c[0] for c in self.probe_cases])
         n, n_dev = len(images), self.mesh.devices.size
         idx = np.concatenate([np.arange(n), np.zeros((-n) % n_dev, int)])

@@ -39,7 +39,7 @@ def _figure(w: float, h: float):
 
 
 class Analyser:
-    """``analyser(params, image, affine, shift) -> numpy results`` of `pretrain_eval.analyse_view`, jit'd once, one device."""
+    """``analyser(params, image, affine, shift)``: numpy `pretrain_eval.analyse_view`, jit'd once, one device."""
 
     def __init__(self, config, encoder):
         c = config
@@ -222,7 +222,7 @@ def similarity_figure(result: dict, levels=("head", "last", "finer"), voxel: tup
 
 
 def pca_colours(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The top 3 principal components of the tokens of both views ``f32[..., F]`` as RGB in [0, 1] (one basis for both)."""
+    """The top 3 principal components of both views' tokens ``f32[..., F]`` as RGB in [0, 1] (one basis for both)."""
     fa, fb = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
     both = np.concatenate([fa, fb]).astype(np.float64)
     both = both - both.mean(0)
@@ -270,7 +270,7 @@ LEVELS = ("head", "last", "finer")
 
 
 def write_pngs(result: dict, out_dir, voxel=None, levels=LEVELS, dpi: int = 100) -> dict:
-    """``correspondence.png``, ``similarity.png``, ``pca.png`` and ``summary.json`` (the accuracies drawn) in ``out_dir``."""
+    """``correspondence.png``, ``similarity.png``, ``pca.png`` and ``summary.json`` (the accuracies) in ``out_dir``."""
     bad = [lv for lv in levels if lv not in LEVELS]
     if bad or not levels:
         raise ValueError(f"--levels: each must be one of {LEVELS}, got {tuple(levels)}")
