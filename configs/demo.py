@@ -10,8 +10,8 @@ Six more phantoms are held out: at steps 0, 50, 100 and 150 log.txt, TensorBoard
 progress bar give their correspondence ("eval step N {...}": val/corr_last, _finer, _head)
 next to a random-init encoder (val/random_corr_*) and raw intensities (val/raw_corr_*),
 computed once. Measured at step 150: last stage 0.43 vs random 0.16 vs raw 0.43; one stage
-finer 0.21 vs 0.16 vs 0.23; patch head 0.41 vs 0.17 (the evaluation adds about 45 s once,
-then ~4 s per evaluation). Then:
+finer 0.21 vs 0.16 vs 0.23; patch head 0.41 vs 0.17 (the evaluation adds about 25 s once,
+plus 15 s to compile the picture, then ~3 s per evaluation). Then:
 
     python launch/export_torch.py --checkpoint=runs/demo --out=runs/demo/encoder.safetensors
     python launch/visualize.py --checkpoint=runs/demo --datalist=runs/demo/phantoms/datalist.json --out=runs/demo/viz
