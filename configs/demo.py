@@ -6,9 +6,15 @@ It writes a handful of phantom NIfTI volumes into WORKDIR/phantoms (read back th
 the real loader), pretrains a 350k-parameter Swin for 150 steps (about 4 minutes on a
 2-core CPU) and logs the correspondence accuracy (the fraction of ground-truth patch
 pairs matched correctly): about 0.15-0.23 over the first steps, 0.35-0.40 at the end.
-Then:
+Six more phantoms are held out: at steps 0, 50, 100 and 150 log.txt, TensorBoard and the
+progress bar give their correspondence ("eval step N {...}": val/corr_last, _finer, _head)
+next to a random-init encoder (val/random_corr_*) and raw intensities (val/raw_corr_*),
+computed once. Measured at step 150: last stage 0.43 vs random 0.16 vs raw 0.43; one stage
+finer 0.21 vs 0.16 vs 0.23; patch head 0.41 vs 0.17 (the evaluation adds about 25 s once,
+plus 15 s to compile the picture, then ~3 s per evaluation). Then:
 
     python launch/export_torch.py --checkpoint=runs/demo --out=runs/demo/encoder.safetensors
+    python launch/visualize.py --checkpoint=runs/demo --datalist=runs/demo/phantoms/datalist.json --out=runs/demo/viz
 """
 from s2dc_jax.tasks.pretrain_config import pretrain_config
 
@@ -38,4 +44,13 @@ def get_config(arg=None):
     c.ssl.queue_size = 32
     c.optim.lr = 1e-3
     c.optim.warmup_steps = 5
+    # Held-out evaluation: 6 more phantoms (labelled) never trained on, 2 fixed views each,
+    # at steps 0, 50, 100, 150: correspondence of the pretrained encoder vs random inits vs raw
+    # intensities, and a linear probe of the finer tokens; the correspondence picture goes
+    # to TensorBoard every 50 steps and to WORKDIR/predictions at the end.
+    c.eval_every = 50
+    c.image_every = 50
+    c.eval.at_start = True
+    c.eval.phantoms = 6
+    c.eval.views_per_volume = 2
     return c

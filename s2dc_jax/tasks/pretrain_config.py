@@ -10,6 +10,7 @@ import ml_collections
 from s2dc_jax import data as data_lib
 from s2dc_jax import objectives
 from s2dc_jax.models.swin import MERGING_RULES
+from s2dc_jax.tasks.pretrain_eval import default_eval_config, validate_eval_config
 
 
 def pretrain_config() -> ml_collections.ConfigDict:
@@ -45,6 +46,18 @@ def pretrain_config() -> ml_collections.ConfigDict:
     # data.datalist is empty (the demo, smoke runs).
     c.data.phantoms = 0
     c.data.phantom_shape = (96, 96, 48)
+    # Held-out volumes of the evaluation (eval_every): a datalist JSON (or tuple) and its list
+    # ("" = "validation" if it has one, else "training"), or a share of data.datalist held out
+    # from training (seeded by config.seed; written to WORKDIR/heldout/datalist.json).
+    c.data.val_datalist = ml_collections.FieldReference("", field_type=object)
+    c.data.val_split = ""
+    c.data.val_fraction = 0.0
+
+    # Held-out evaluation (s2dc_jax/tasks/pretrain_eval.py) every eval_every steps and at the
+    # last step, and TensorBoard pictures every image_every steps; 0 = off (the paper presets).
+    c.eval_every = 0
+    c.image_every = 0
+    c.eval = default_eval_config()
     c.ssl = objectives.default_ssl_config()
 
     c.optim = ml_collections.ConfigDict()
@@ -118,6 +131,7 @@ def validate(c: ml_collections.ConfigDict, device_count: int) -> None:
     need(c.optim.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {c.optim.warmup_steps}")
     need(c.optim.grad_clip >= 0, "optim.grad_clip", f"must be >= 0 (0 disables), got {c.optim.grad_clip}")
     need(c.data.phantoms >= 0, "data.phantoms", f"must be >= 0, got {c.data.phantoms}")
+    validate_eval_config(c, token_size=stride)
     try:
         objectives.validate_ssl_config(c.ssl)
     except ValueError as e:
