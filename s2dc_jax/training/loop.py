@@ -220,8 +220,15 @@ def run(task: Task, workdir: str | os.PathLike) -> dict:
                 ckpts.save_best(step, state["params"], m)
             return m
 
+        def draw(step: int) -> None:
+            pictures = task.images(state["params"])
+            if pictures:
+                logs.images(step, pictures)
+
         if eval_at_start and start == 0:
             evaluate(0)
+            if image_every:
+                draw(0)  # the starting point, beside its scores
         train = _TrainLog(logs, int(config.get("max_skipped_steps", 20)))
         bar = tqdm(total=total, initial=start, disable=not main, unit="step", dynamic_ncols=True, desc=task.name)
         batch = to_global(next(data_iter), sharding) if start < total else None
@@ -250,12 +257,12 @@ def run(task: Task, workdir: str | os.PathLike) -> dict:
                         f"{train.in_a_row} consecutive steps had a non-finite loss or gradients; stopped at "
                         f"step {step} (checkpoint saved; the state is the last finite one). Lower optim.lr or "
                         f"check the data.")
+            t_aside = time.perf_counter()
             if eval_every and (step % eval_every == 0 or step == total) and not stop:
                 evaluate(step, workdir / "predictions" if step == total else None)
             if image_every and (step % image_every == 0 or step == start + 1) and not stop:
-                pictures = task.images(state["params"])
-                if pictures:
-                    logs.images(step, pictures)
+                draw(step)
+            train.t0 += time.perf_counter() - t_aside  # evaluation and pictures are not training time
             bar.set_postfix({k.split("/", 1)[1]: format(shown[k], f) for k, f in task.progress if k in shown},
                             refresh=False)
             if stop:
