@@ -21,7 +21,7 @@ import ml_collections
 from s2dc_jax.data import pipeline
 from s2dc_jax.data.view_params import ViewRanges
 from s2dc_jax.objectives import s2dc
-from s2dc_jax.tasks import finetune_config, pretrain_config
+from s2dc_jax.tasks import finetune_config, pretrain_config, pretrain_eval
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 _ASSIGN = re.compile(r"^\s*((?:c\.[\w.]+\s*,\s*)*c\.[\w.]+)\s*=")
@@ -74,7 +74,8 @@ def _leaves(cfg, prefix: str = "") -> dict[str, object]:
 def pretrain_fields() -> tuple[dict, dict]:
     """(defaults, meanings) of every pretraining field."""
     meanings = {**comments_of(pipeline.default_data_config, "data."), **comments_of(s2dc.default_ssl_config, "ssl."),
-                **_view_comments(), **comments_of(pretrain_config.pretrain_config)}
+                **comments_of(pretrain_eval.default_eval_config, "eval."), **_view_comments(),
+                **comments_of(pretrain_config.pretrain_config)}
     return _leaves(pretrain_config.pretrain_config()), meanings
 
 

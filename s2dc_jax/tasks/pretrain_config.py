@@ -16,12 +16,12 @@ from s2dc_jax.tasks.pretrain_eval import default_eval_config, validate_eval_conf
 def pretrain_config() -> ml_collections.ConfigDict:
     """REFERENCE.md sections 2-4 defaults (paper size, one volume of 16 crops per device)."""
     c = ml_collections.ConfigDict()
-    c.seed = 0
-    c.total_steps = 100_000
+    c.seed = 0                  # parameter init, queue init, the order and views of the training volumes
+    c.total_steps = 100_000     # optimiser steps of the whole run (the cosine decay ends here)
     c.batch_size = 1            # global volumes per step; must be a multiple of the device count
-    c.log_every = 10
-    c.checkpoint_every = 1000
-    c.keep_checkpoints = 3
+    c.log_every = 10            # steps between training-metric lines (log.txt, TensorBoard, progress bar)
+    c.checkpoint_every = 1000   # steps between checkpoints of {state, data position} (and at the end)
+    c.keep_checkpoints = 3      # latest checkpoints kept
     c.max_skipped_steps = 20    # consecutive non-finite steps before the run stops
     c.num_devices = 0           # 0: every device (of every process); one process may use fewer
 
@@ -45,27 +45,27 @@ def pretrain_config() -> ml_collections.ConfigDict:
     # > 0: write this many synthetic phantoms into WORKDIR/phantoms and train on them when
     # data.datalist is empty (the demo, smoke runs).
     c.data.phantoms = 0
-    c.data.phantom_shape = (96, 96, 48)
+    c.data.phantom_shape = (96, 96, 48)  # (x, y, z) voxels of those phantoms
     # Held-out volumes of the evaluation (eval_every): a datalist JSON (or tuple) and its list
     # ("" = "validation" if it has one, else "training"), or a share of data.datalist held out
     # from training (seeded by config.seed; written to WORKDIR/heldout/datalist.json).
     c.data.val_datalist = ml_collections.FieldReference("", field_type=object)
-    c.data.val_split = ""
-    c.data.val_fraction = 0.0
+    c.data.val_split = ""       # its list: "" = "validation" if it has one, else "training"
+    c.data.val_fraction = 0.0   # or this share of data.datalist, held out from training
 
     # Held-out evaluation (s2dc_jax/tasks/pretrain_eval.py) every eval_every steps and at the
     # last step, and TensorBoard pictures every image_every steps; 0 = off (the paper presets).
     c.eval_every = 0
-    c.image_every = 0
+    c.image_every = 0           # steps between correspondence pictures in TensorBoard; 0 = none
     c.eval = default_eval_config()
     c.ssl = objectives.default_ssl_config()
 
     c.optim = ml_collections.ConfigDict()
-    c.optim.lr = 3e-4
-    c.optim.weight_decay = 0.1
-    c.optim.b1 = 0.9
-    c.optim.b2 = 0.999
-    c.optim.warmup_steps = 500
+    c.optim.lr = 3e-4           # AdamW peak learning rate (cosine decay to 0 at total_steps)
+    c.optim.weight_decay = 0.1  # AdamW decoupled weight decay
+    c.optim.b1 = 0.9            # AdamW first-moment decay
+    c.optim.b2 = 0.999          # AdamW second-moment decay
+    c.optim.warmup_steps = 500  # linear warm-up from 0
     c.optim.grad_clip = 0.0     # global-norm clip; 0 disables (the reference does not clip)
     return c
 
