@@ -16,7 +16,8 @@ from s2dc_jax.data.datalist import read_datalist  # noqa: E402
 from s2dc_jax.tasks import pretrain_config as config_lib  # noqa: E402
 from s2dc_jax.tasks import pretrain_eval as ev  # noqa: E402
 from s2dc_jax.tasks import visualize  # noqa: E402
-from s2dc_jax.tasks.pretrain import PretrainTask, build_encoder  # noqa: E402
+from s2dc_jax.tasks.base import build_encoder  # noqa: E402
+from s2dc_jax.tasks.pretrain import PretrainTask  # noqa: E402
 from s2dc_jax.training import loop  # noqa: E402
 from s2dc_jax.training.mesh import make_mesh  # noqa: E402
 

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from s2dc_jax.models import SwinTransformer3D
+
 AXIS = "data"  # the mesh axis batches are split over
 
 
@@ -126,6 +128,11 @@ def swin_kwargs(model) -> dict:
         attn_chunk=model.get("attn_chunk", 0) or None,
         dtype=jnp.dtype(model.dtype),
     )
+
+
+def build_encoder(model):
+    """The Swin-3D encoder named by a ``config.model`` block."""
+    return SwinTransformer3D(**swin_kwargs(model))
 
 
 def mean_gradients(grads):

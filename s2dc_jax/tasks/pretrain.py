@@ -17,7 +17,7 @@ from s2dc_jax import data as data_lib
 from s2dc_jax.data import datalist as datalist_lib
 from s2dc_jax import objectives
 from s2dc_jax.models import SwinTransformer3D
-from s2dc_jax.tasks.base import Task, make_optimizer, swin_kwargs
+from s2dc_jax.tasks.base import Task, build_encoder, make_optimizer
 from s2dc_jax.tasks import pretrain_eval
 from s2dc_jax.tasks.pretrain_config import validate
 from s2dc_jax.tasks.pretrain_step import train_step
@@ -30,11 +30,6 @@ def _has_validation(path: Path, count: int) -> bool:
     if not count:
         return True
     return len(json.loads(path.read_text()).get("validation", [])) == count
-
-
-def build_encoder(model_cfg) -> SwinTransformer3D:
-    """The Swin-3D encoder named by ``config.model``."""
-    return SwinTransformer3D(**swin_kwargs(model_cfg))
 
 
 def init_state(config, encoder: SwinTransformer3D, tx, rng: jax.Array) -> dict:

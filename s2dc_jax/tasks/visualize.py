@@ -316,7 +316,7 @@ def run_visualize(checkpoint, out, *, step=None, image=None, datalist=None, spli
                   voxel=None, levels=LEVELS, dpi: int = 100) -> dict:
     """What launch/visualize.py does: the PNGs of one fixed view of a volume; returns their paths and ``accuracy``."""
     from s2dc_jax.data.datalist import read_datalist
-    from s2dc_jax.tasks.pretrain import build_encoder
+    from s2dc_jax.tasks.base import build_encoder
 
     if not levels or any(lv not in LEVELS for lv in levels):
         raise ValueError(f"--levels: each must be one of {LEVELS}, got {tuple(levels)}")
