@@ -18,6 +18,8 @@ from pathlib import Path
 
 import ml_collections
 
+from s2dc_jax._cli import load_config
+
 from s2dc_jax.data import pipeline
 from s2dc_jax.data.view_params import ViewRanges
 from s2dc_jax.objectives import s2dc
@@ -105,8 +107,6 @@ def _table(defaults: dict, meanings: dict) -> list[str]:
 
 
 def _differences(base: dict, files, arg=None) -> list[str]:
-    from s2dc_jax.training.cli import load_config
-
     rows = ["| config | fields that differ from the defaults |", "|---|---|"]
     for f in files:
         c = _leaves(load_config(str(f) + (f":{arg}" if arg else "")))

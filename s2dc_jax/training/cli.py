@@ -7,52 +7,18 @@ stderr and exit status 2; a preempted run (SIGTERM, Ctrl-C) saves, says so and e
 """
 from __future__ import annotations
 
-import ast
 import difflib
-import importlib.util
-import os
 import re
 import signal
 import sys
-from pathlib import Path
 
 import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from s2dc_jax._cli import fail, parse_with_help, quiet_libraries
+from s2dc_jax._cli import fail, load_config, parse_with_help, quiet_libraries, resolve_config
 
 USER_ERRORS = (ValueError, FileNotFoundError, PermissionError)
-
-
-def load_config(spec: str, overrides=()) -> ml_collections.ConfigDict:
-    """``configs/x.py[:variant]`` -> its ``get_config(variant)``, then ``KEY=VALUE`` overrides.
-
-    For scripts and tests outside absl (``launch/benchmark.py``); values are Python literals.
-    """
-    path, _, arg = resolve_config(spec).partition(":")
-    module_spec = importlib.util.spec_from_file_location("_s2dc_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    c = module.get_config(arg or None)
-    for item in overrides:
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise ValueError(f"override {item!r} is not KEY=VALUE")
-        try:
-            parsed = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            parsed = value
-        *parents, leaf = key.split(".")
-        node = c
-        for p in parents:
-            if not isinstance(node, ml_collections.ConfigDict) or p not in node:
-                raise ValueError(f"config has no field {key!r}")
-            node = node[p]
-        if leaf not in node:
-            raise ValueError(f"config has no field {key!r}")
-        node[leaf] = tuple(parsed) if isinstance(parsed, list) else parsed
-    return c
 
 
 def _task(kind: str, config, explicit):
@@ -66,24 +32,6 @@ def _task(kind: str, config, explicit):
 def explicit_fields(argv) -> set[str]:
     """Config keys set on the command line: ``--config.model.window_size=4`` -> ``model.window_size``."""
     return {a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")}
-
-
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"  # the checkout's configs/ (pip install -e .)
-
-
-def resolve_config(value: str) -> str:
-    """``--config`` value -> a file: a path as given, else a name in configs/ (``mri6k``, ``finetune/btcv``, ``btcv``)."""
-    path, colon, variant = value.partition(":")
-    if os.path.isfile(path):
-        return value
-    name = path.removesuffix(".py")
-    name = name[len("configs/"):] if name.startswith("configs/") else name
-    for candidate in (CONFIG_DIR / f"{name}.py", CONFIG_DIR / "finetune" / f"{name}.py"):
-        if candidate.is_file():
-            return str(candidate) + colon + variant
-    known = sorted(p.stem for p in CONFIG_DIR.glob("*.py")) + sorted(
-        f"finetune/{p.stem}" for p in CONFIG_DIR.glob("finetune/*.py"))
-    raise FileNotFoundError(f"--config: no config file {path!r} (give a path, or a name: {', '.join(known)})")
 
 
 def _config_keys(tree, prefix="") -> list[str]:
