@@ -2,11 +2,14 @@
 
   python launch/benchmark.py data [--shape 512 512 300] [--roi 384 384 96] [--repeats 3] [--workdir /tmp/s2dc_bench]
   python launch/benchmark.py pretrain --config configs/ct1k.py [--set model.remat=True ...] [--steps 5]
+  python launch/benchmark.py memory --config configs/ct1k.py [--set model.dtype=bfloat16] [--parts] [--buffers 10]
 
 ``data``: host CPU-seconds per volume from a CT-like NIfTI (.nii.gz and .nii) to the
 resized large ROI, measured in this one process with time.process_time.
 ``pretrain``: step time, volumes per second and peak memory of the JAX pretraining step
 and of a PyTorch + MONAI step of the same shapes and losses, side by side on this machine.
+``memory``: XLA's memory and FLOP analysis of the compiled (not run) pretraining step for one
+device at the config's shapes, on the backend at hand; no accelerator needed.
 Add a subcommand by writing ``add_<name>(subparsers)`` that sets ``func``.
 """
 from __future__ import annotations
@@ -69,7 +72,53 @@ def add_pretrain(sub) -> None:
     p.set_defaults(func=_pretrain)
 
 
-SUBCOMMANDS = [add_data, add_pretrain]
+def _memory(args) -> int:
+    from s2dc_jax._cli import load_config
+    from s2dc_jax.bench import memory
+    from s2dc_jax.tasks.pretrain_config import validate
+
+    config = load_config(args.config, args.set)
+    validate(config, device_count=1)
+    if config.batch_size % args.per_device_batch:
+        raise ValueError(f"--per-device-batch {args.per_device_batch} does not divide config.batch_size "
+                         f"{config.batch_size}")
+    res = memory.analyse(config, args.per_device_batch)
+    label = " ".join([args.config, *args.set])
+    print(f"{res['backend']} backend, XLA memory analysis of the compiled step, one device of "
+          f"{config.batch_size // args.per_device_batch} for global batch {config.batch_size}:")
+    print(memory.TABLE_HEAD)
+    print(memory.format_report(label, res))
+    print(f"FLOPs: {res['model_flops'] / 1e12:.3f} TFLOP per device per step (model, without recomputation); "
+          f"the compiled step's own count {res['flops'] / 1e12:.3f} TFLOP counts each loop body once")
+    if args.parts:
+        print("\nthe step's pieces compiled alone (peak GiB):")
+        for name, m in memory.parts(config, args.per_device_batch):
+            print(f"  {name}: {m['peak'] / memory.GIB:.2f} (temporaries {m['temp'] / memory.GIB:.2f})")
+    if args.buffers:
+        print(f"\n{args.buffers} largest values in the optimised module (not all alive at once):")
+        for size, name in memory.largest_values(res["compiled"], args.buffers):
+            print(f"  {size / 2**20:10.1f} MiB  {name}")
+    if args.json:
+        out = {k: v for k, v in res.items() if k != "compiled"}
+        with open(args.json, "w") as f:
+            json.dump({"config": args.config, "overrides": args.set, **out}, f, indent=1)
+    return 0
+
+
+def add_memory(sub) -> None:
+    """The `memory` subcommand: XLA's estimate of the pretraining step's device memory and FLOPs."""
+    p = sub.add_parser("memory", help="compile the pretraining step (no run): memory and FLOPs per device")
+    p.add_argument("--config", required=True, help="config file[:variant], e.g. configs/ct1k.py")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, repeatable, e.g. --set model.dtype=bfloat16")
+    p.add_argument("--per-device-batch", type=int, default=1, help="volumes per device (default 1)")
+    p.add_argument("--parts", action="store_true", help="also compile the student, teacher and heads alone")
+    p.add_argument("--buffers", type=int, default=0, metavar="K", help="list the K largest values of the module")
+    p.add_argument("--json", help="also write the numbers here")
+    p.set_defaults(func=_memory)
+
+
+SUBCOMMANDS = [add_data, add_pretrain, add_memory]
 
 
 def main(argv=None) -> int:

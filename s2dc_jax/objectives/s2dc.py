@@ -108,9 +108,9 @@ def s2dc_loss(params: dict, teacher: dict, encode: Callable, batch: dict, queue:
     src_key = src[jnp.arange(b), gidx]                                            # [b, c, c, c, C]
 
     s_feat = encode(params["encoder"], flat(src))                                 # [b*n, t, t, t, F]
-    t_full = encode(teacher["encoder"], flat(aug_full))                           # [b*n, t, t, t, F]
-    t_crop = encode(teacher["encoder"], flat(aug_crop))                           # [b*n, t, t, t, F]
-    t_key = encode(teacher["encoder"], src_key)                                   # [b, t, t, t, F]
+    # The three teacher passes as one call (one loop of crop groups, no gradient).
+    t_all = encode(teacher["encoder"], jnp.concatenate([flat(aug_full), flat(aug_crop), src_key]))
+    t_full, t_crop, t_key = t_all[:b * n], t_all[b * n:2 * b * n], t_all[2 * b * n:]  # [b*n], [b*n], [b] crops
     t = s_feat.shape[1]
     if s_feat.shape[1:4] != (t, t, t):
         raise ValueError(f"encode must return f32[N, t, t, t, F] (cubic token grid), got {s_feat.shape}")

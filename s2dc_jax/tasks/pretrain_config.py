@@ -9,6 +9,7 @@ import ml_collections
 
 from s2dc_jax import data as data_lib
 from s2dc_jax import objectives
+from s2dc_jax.models.encode import REMAT_POLICIES
 from s2dc_jax.models.swin import MERGING_RULES
 from s2dc_jax.tasks.pretrain_eval import default_eval_config, validate_eval_config
 
@@ -37,7 +38,13 @@ def pretrain_config() -> ml_collections.ConfigDict:
     # weights trained there (the authors' S2DC code). New runs keep 'monai' so their weights compute in current
     # MONAI exactly what they computed here.
     c.model.merging = "monai"
-    c.model.remat = False       # rematerialise each Swin block in the backward pass (less memory)
+    c.model.remat = False       # nn.remat per Swin block (XLA CPU drops it; crop_group/remat_policy bound memory)
+    # Crops encoded per lax.map iteration of the step (models/encode.py); 0 = auto: all at once when
+    # they fit a 2 GiB activation estimate, else the most that fit (one 96^3 crop at paper size).
+    c.model.crop_group = 0
+    # What a group keeps for the backward pass: 'auto' ('full' when grouped, else 'none') | 'none' |
+    # 'full' (recompute the group's forward) | 'dots' (keep matmul outputs: less recomputation, more memory).
+    c.model.remat_policy = "auto"
     c.model.attn_chunk = 0      # windows per attention chunk; 0 = all at once (chunks bound memory)
     c.model.dtype = "float32"   # compute dtype: 'float32' | 'bfloat16' (params stay float32)
 
@@ -108,6 +115,9 @@ def validate(c: ml_collections.ConfigDict, device_count: int) -> None:
     need(c.checkpoint_every > 0, "checkpoint_every", f"must be > 0, got {c.checkpoint_every}")
     need(c.keep_checkpoints > 0, "keep_checkpoints", f"must be > 0, got {c.keep_checkpoints}")
     need(c.model.attn_chunk >= 0, "model.attn_chunk", f"must be >= 0 (0 = no chunking), got {c.model.attn_chunk}")
+    need(c.model.crop_group >= 0, "model.crop_group", f"must be >= 0 (0 = auto), got {c.model.crop_group}")
+    need(c.model.remat_policy in REMAT_POLICIES, "model.remat_policy",
+         f"must be one of {REMAT_POLICIES}, got {c.model.remat_policy!r}")
     need(c.model.dtype in _MODEL_DTYPES, "model.dtype", f"must be one of {_MODEL_DTYPES}, got {c.model.dtype!r}")
     need(c.model.merging in MERGING_RULES, "model.merging", f"must be one of {MERGING_RULES}, got {c.model.merging!r}")
     need(len(c.model.depths) == len(c.model.num_heads) == 4, "model.depths",

@@ -1,13 +1,30 @@
 """One S2DC pretraining step: a pure per-device function, run by the loop under shard_map over "data"."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
 
 from s2dc_jax import objectives
+from s2dc_jax.models.encode import grouped
 from s2dc_jax.tasks.base import AXIS, mean_gradients
+
+
+def make_encode(config: ml_collections.ConfigDict, encoder) -> Callable:
+    """``encode(enc_params, f32[N, c, c, c, C]) -> f32[N, t, t, t, F]``: last-stage features in fp32.
+
+    The crops go through the encoder in the compute dtype, in groups of ``model.crop_group``
+    under ``model.remat_policy`` (models/encode.py), which bounds the step's memory.
+    """
+    compute_dtype = jnp.dtype(config.model.dtype)
+
+    def features(enc_params, x):
+        return encoder.apply({"params": enc_params}, x.astype(compute_dtype))[-1].astype(jnp.float32)
+
+    return grouped(features, model=config.model, crop_size=config.data.crop_size)
 
 
 def train_step(state: dict, batch: dict, *, config: ml_collections.ConfigDict, encoder,
@@ -18,11 +35,7 @@ def train_step(state: dict, batch: dict, *, config: ml_collections.ConfigDict, e
     parameters). The loop undoes a step whose loss or gradients are not finite (the
     teacher and queue included).
     """
-    compute_dtype = jnp.dtype(config.model.dtype)
-
-    def encode(enc_params, x):
-        # f32[N, c, c, c, C] crops -> f32[N, t, t, t, F] last-stage features
-        return encoder.apply({"params": enc_params}, x.astype(compute_dtype))[-1].astype(jnp.float32)
+    encode = make_encode(config, encoder)
 
     # REFERENCE.md section 2: before each step the teacher moves towards the student.
     teacher = objectives.ema_update(state["teacher"], state["params"], config.ssl.ema_momentum)
