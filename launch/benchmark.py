@@ -59,12 +59,17 @@ def _pretrain(args) -> int:
     return 0
 
 
+def _config_flags(p, example: str) -> None:
+    """--config and --set, the same for every subcommand that takes a pretraining config."""
+    p.add_argument("--config", required=True, help="config file[:variant], e.g. configs/ct1k.py")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"config override, repeatable, e.g. --set {example}")
+
+
 def add_pretrain(sub) -> None:
     """The `pretrain` subcommand: the JAX step against a PyTorch + MONAI step."""
     p = sub.add_parser("pretrain", help="pretraining step time and memory, JAX vs PyTorch + MONAI")
-    p.add_argument("--config", required=True, help="config file[:variant], e.g. configs/ct1k.py")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override, repeatable, e.g. --set model.remat=True")
+    _config_flags(p, "model.crop_group=1")
     p.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed first steps (compilation)")
     p.add_argument("--frameworks", nargs="+", default=["jax", "torch"], choices=["jax", "torch"])
@@ -108,9 +113,7 @@ def _memory(args) -> int:
 def add_memory(sub) -> None:
     """The `memory` subcommand: XLA's estimate of the pretraining step's device memory and FLOPs."""
     p = sub.add_parser("memory", help="compile the pretraining step (no run): memory and FLOPs per device")
-    p.add_argument("--config", required=True, help="config file[:variant], e.g. configs/ct1k.py")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override, repeatable, e.g. --set model.dtype=bfloat16")
+    _config_flags(p, "model.dtype=bfloat16")
     p.add_argument("--per-device-batch", type=int, default=1, help="volumes per device (default 1)")
     p.add_argument("--parts", action="store_true", help="also compile the student, teacher and heads alone")
     p.add_argument("--buffers", type=int, default=0, metavar="K", help="list the K largest values of the module")

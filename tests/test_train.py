@@ -52,6 +52,16 @@ def run_steps(config, num_devices, batches):
     return jax.device_get(state), losses
 
 
+def eight_and_one_device_agree(config, batches):
+    """The loop's step on 8 devices and on 1: same losses and parameters (1e-5); both runs returned."""
+    s8, l8 = run_steps(config, 8, batches)
+    s1, l1 = run_steps(config, 1, batches)
+    np.testing.assert_allclose(l8, l1, rtol=1e-5, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(s8["params"]), jax.tree.leaves(s1["params"])):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    return s8, l8, s1, l1
+
+
 @pytest.mark.parametrize("field,value", [
     ("batch_size", 3), ("model.dtype", "float16"), ("data.crop_size", 48),
     ("data.roi_large", (64, 64, 64)), ("optim.lr", 0.0), ("model.feature_size", 13),
@@ -91,11 +101,7 @@ def test_data_parallel_is_exact():
     # and Adam divides that noise by sqrt(v); at the tiny preset's 3e-4 it reaches 2e-5.
     c = tiny_config(batch_size=8, **{"optim.lr": 1e-4})
     batches = [random_batch(s, 8, c.data.roi_large, c.data.crop_size) for s in range(3)]
-    s8, l8 = run_steps(c, 8, batches)
-    s1, l1 = run_steps(c, 1, batches)
-    np.testing.assert_allclose(l8, l1, rtol=1e-5, atol=1e-5)
-    for a, b in zip(jax.tree.leaves(s8["params"]), jax.tree.leaves(s1["params"])):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    s8, l8, s1, _ = eight_and_one_device_agree(c, batches)
     np.testing.assert_allclose(s8["queue"], s1["queue"], rtol=1e-5, atol=1e-5)
     assert int(s8["step"]) == 3 and np.isfinite(l8).all()
 

@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from s2dc_jax.training.loop import memory_bytes
+
 GIB = 2**30
 
 
@@ -59,17 +61,6 @@ def lower_step(config):
     return compile_step(task, mesh).lower(abstract_state(task, mesh), abstract_batch(config, mesh))
 
 
-def memory_of(compiled) -> dict:
-    """Bytes from ``compiled.memory_analysis()``; peak = arguments + outputs + temporaries - donated."""
-    m = compiled.memory_analysis()
-    if m is None:
-        return {}
-    out = {"argument": m.argument_size_in_bytes, "output": m.output_size_in_bytes,
-           "alias": m.alias_size_in_bytes, "temp": m.temp_size_in_bytes}
-    out["peak"] = out["argument"] + out["output"] + out["temp"] - out["alias"]
-    return out
-
-
 def _cost(obj) -> dict:
     cost = obj.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -93,7 +84,7 @@ def analyse(config, per_device_batch: int = 1) -> dict:
     compiled = lower_step(c).compile()
     x, y, _ = c.data.roi_large
     n = (x // c.data.crop_size) * (y // c.data.crop_size) * c.batch_size
-    res = {"memory": memory_of(compiled), **_cost(compiled), "model_flops": model_flops(c),
+    res = {"memory": memory_bytes(compiled), **_cost(compiled), "model_flops": model_flops(c),
            "backend": jax.default_backend(), "per_device_batch": c.batch_size,
            "crop_group": crops_per_group(c.model, c.data.crop_size, n), "student_crops": n}
     res["compiled"] = compiled
@@ -145,7 +136,7 @@ def parts(config, per_device_batch: int = 1) -> list[tuple[str, dict]]:
         ("heads, matching and losses + gradient", jax.jit(heads_and_matching),
          (state["params"], state["teacher"], feat(n), feat(2 * n + c.batch_size), batch, state["queue"])),
     ]
-    return [(name, memory_of(fn.lower(*args).compile())) for name, fn, args in pieces]
+    return [(name, memory_bytes(fn.lower(*args).compile())) for name, fn, args in pieces]
 
 
 _SHAPE = re.compile(r"= (f32|bf16|f16|s32|u32|pred|s8|u8)\[([0-9,]*)\]")

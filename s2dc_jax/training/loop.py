@@ -301,16 +301,26 @@ def run(task: Task, workdir: str | os.PathLike) -> dict:
         logs.close()
 
 
-def memory_line(compiled) -> str:
-    """XLA's estimate of one compiled step's device memory, in one line."""
+def memory_bytes(compiled) -> dict:
+    """XLA's memory analysis of a compiled step in bytes; peak = arguments + outputs + temporaries - donated."""
     m = compiled.memory_analysis()
     if m is None:
+        return {}
+    out = {"argument": m.argument_size_in_bytes, "output": m.output_size_in_bytes,
+           "alias": m.alias_size_in_bytes, "temp": m.temp_size_in_bytes}
+    out["peak"] = out["argument"] + out["output"] + out["temp"] - out["alias"]
+    return out
+
+
+def memory_line(compiled) -> str:
+    """XLA's estimate of one compiled step's device memory, in one line."""
+    m = memory_bytes(compiled)
+    if not m:
         return "memory analysis not available on this backend"
     gib = lambda b: b / 2**30  # noqa: E731
-    peak = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
-    return (f"per device: arguments {gib(m.argument_size_in_bytes):.2f} GiB, outputs {gib(m.output_size_in_bytes):.2f} "
-            f"GiB (donated {gib(m.alias_size_in_bytes):.2f}), temporaries {gib(m.temp_size_in_bytes):.2f} GiB, "
-            f"peak about {gib(peak):.2f} GiB")
+    return (f"per device: arguments {gib(m['argument']):.2f} GiB, outputs {gib(m['output']):.2f} "
+            f"GiB (donated {gib(m['alias']):.2f}), temporaries {gib(m['temp']):.2f} GiB, "
+            f"peak about {gib(m['peak']):.2f} GiB")
 
 
 def dry_run(task: Task, workdir: str | os.PathLike, log=print) -> bool:
