@@ -82,6 +82,7 @@ def test_group_size_choice():
     assert crops_per_group(tiny.model, 32, 9) == 3  # the largest divisor that is not above the setting
     # the estimate tracks the model: bf16 halves it, a wider model costs more
     paper.model.dtype = "bfloat16"
+    assert crops_per_group(paper.model, 96, 16) == 1  # bf16 too: 2 per group measured 12.2 GiB, over 12
     assert crop_activation_bytes(paper.model, 96) * 2 == crop_activation_bytes(config_lib.pretrain_config().model, 96)
     with pytest.raises(ValueError, match="config.model.remat_policy"):
         config_lib.validate(tiny_config(**{"model.remat_policy": "some"}), device_count=1)

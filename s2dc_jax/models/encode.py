@@ -30,7 +30,7 @@ REMAT_POLICIES = ("auto", "none", "full", "dots")
 _POLICIES = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
 # Activations of one group (estimate of crop_activation_bytes) that auto grouping allows.
-GROUP_BUDGET_BYTES = 2 * 2**30
+GROUP_BUDGET_BYTES = 2**30  # bf16 at paper size: 2 crops per group measured 12.2 GiB, 1 crop 6.6 GiB
 
 
 def crop_activation_bytes(model, crop_size: int) -> int:

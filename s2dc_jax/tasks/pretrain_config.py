@@ -40,7 +40,7 @@ def pretrain_config() -> ml_collections.ConfigDict:
     c.model.merging = "monai"
     c.model.remat = False       # nn.remat per Swin block (XLA CPU drops it; crop_group/remat_policy bound memory)
     # Crops encoded per lax.map iteration of the step (models/encode.py); 0 = auto: all at once when
-    # they fit a 2 GiB activation estimate, else the most that fit (one 96^3 crop at paper size).
+    # they fit a 1 GiB activation estimate, else the most that fit (one 96^3 crop at paper size).
     c.model.crop_group = 0
     # What a group keeps for the backward pass: 'auto' ('full' when grouped, else 'none') | 'none' |
     # 'full' (recompute the group's forward) | 'dots' (keep matmul outputs: less recomputation, more memory).
