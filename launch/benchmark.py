@@ -1,13 +1,15 @@
 """Benchmarks, one subcommand each.
 
   python launch/benchmark.py data [--shape 512 512 300] [--roi 384 384 96] [--repeats 3] [--workdir /tmp/s2dc_bench]
-  python launch/benchmark.py pretrain --config configs/ct1k.py [--set model.remat=True ...] [--steps 5]
+  python launch/benchmark.py pretrain --config configs/ct1k.py [--set model.crop_group=1 ...] [--steps 5]
+      [--frameworks jax loop torch]
   python launch/benchmark.py memory --config configs/ct1k.py [--set model.dtype=bfloat16] [--parts] [--buffers 10]
 
 ``data``: host CPU-seconds per volume from a CT-like NIfTI (.nii.gz and .nii) to the
 resized large ROI, measured in this one process with time.process_time.
-``pretrain``: step time, volumes per second and peak memory of the JAX pretraining step
-and of a PyTorch + MONAI step of the same shapes and losses, side by side on this machine.
+``pretrain``: step time, volumes per second and peak memory of the JAX pretraining step, of
+the same step inside the real training loop, and of a PyTorch + MONAI step of the same
+shapes and losses, side by side on this machine.
 ``memory``: XLA's memory and FLOP analysis of the compiled (not run) pretraining step for one
 device at the config's shapes, on the backend at hand; no accelerator needed.
 Add a subcommand by writing ``add_<name>(subparsers)`` that sets ``func``.
@@ -72,7 +74,9 @@ def add_pretrain(sub) -> None:
     _config_flags(p, "model.crop_group=1")
     p.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed first steps (compilation)")
-    p.add_argument("--frameworks", nargs="+", default=["jax", "torch"], choices=["jax", "torch"])
+    p.add_argument("--frameworks", nargs="+", default=["jax", "loop", "torch"], choices=["jax", "loop", "torch"],
+                   help="jax: the bare compiled step; loop: the same step in the real training loop "
+                        "(phantoms, grain, logging); torch: a PyTorch + MONAI step of the same math")
     p.add_argument("--json", help="also write the results here")
     p.set_defaults(func=_pretrain)
 

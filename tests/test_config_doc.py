@@ -18,3 +18,7 @@ def test_reference_lists_every_field_with_its_default():
     for field in defaults:
         assert f"| `{field}` |" in page, field
     assert "| `model.crop_group` | `0` |" in page
+
+
+def test_every_field_has_a_meaning():
+    assert config_doc.undocumented() == [], "give these fields a comment where their default is set"

@@ -2,7 +2,10 @@
 
 Each framework runs in its own child process (clean peak-memory figures) on the same
 config, the same random batches and the same device kind; the parent prints both and the
-ratio. Used by ``launch/benchmark.py pretrain``.
+ratio. ``loop`` runs the same JAX step inside the real training loop (``training.loop.run``:
+phantom NIfTI files through the grain pipeline, batches copied while the step runs, metrics
+fetched on log steps only, progress bar, final checkpoint), so its time against ``jax`` is
+the loop's overhead per step. Used by ``launch/benchmark.py pretrain``.
 """
 from __future__ import annotations
 
@@ -67,6 +70,39 @@ def time_jax(config, steps: int, warmup: int) -> dict:
             "peak_kind": "device" if stats else "host RSS", "loss": float(m["loss"])}
 
 
+def time_loop(config, steps: int, warmup: int) -> dict:
+    """Seconds per step of ``training.loop.run`` on phantoms: the mean over the steps after the first.
+
+    The loop logs the first step on its own (it holds the compilation), so one log line at the
+    last step covers the timed steps: metrics reach the host once, as on a log step of a real run.
+    ``warmup`` is reported but the loop always times from its second step.
+    """
+    import tempfile
+
+    import jax
+
+    from s2dc_jax.tasks.pretrain import PretrainTask
+    from s2dc_jax.training import loop
+
+    config = config.copy_and_resolve_references()
+    config.total_steps = steps + 1
+    config.log_every = config.checkpoint_every = steps + 2  # logs and saves at the first and last step only
+    config.eval_every = config.image_every = 0
+    config.data.datalist = ""
+    config.data.phantoms = max(int(config.data.phantoms), config.batch_size)
+    with tempfile.TemporaryDirectory() as workdir:
+        t0 = time.perf_counter()
+        result = loop.run(PretrainTask(config), workdir)
+        total = time.perf_counter() - t0
+    step_s = result["train"]["train/step_seconds"]
+    dev = jax.devices()[0]
+    stats = dev.memory_stats() if dev.platform == "gpu" else None
+    peak = stats["peak_bytes_in_use"] if stats else _peak_rss_bytes()
+    return {"framework": "jax loop", "device": f"{jax.device_count()} x {dev.device_kind}", "step_s": step_s,
+            "warmup_s": total - steps * step_s, "peak_bytes": int(peak),
+            "peak_kind": "device" if stats else "host RSS", "loss": result["train"]["train/loss"]}
+
+
 def time_torch(config, steps: int, warmup: int) -> dict:
     """Median seconds per step of the PyTorch + MONAI step on one device."""
     import torch
@@ -104,11 +140,11 @@ def child(framework: str, config_json: str, steps: int, warmup: int) -> None:
     for k in ("depths", "num_heads"):
         config.model[k] = tuple(config.model[k])
     config.data.roi_large = tuple(config.data.roi_large)
-    fn = time_jax if framework == "jax" else time_torch
+    fn = {"jax": time_jax, "loop": time_loop, "torch": time_torch}[framework]
     print("RESULT " + json.dumps(fn(config, steps, warmup)), flush=True)
 
 
-def compare(config, steps: int = 5, warmup: int = 2, frameworks=("jax", "torch")) -> list[dict]:
+def compare(config, steps: int = 5, warmup: int = 2, frameworks=("jax", "loop", "torch")) -> list[dict]:
     """Run each framework in a child process on ``config``; return their result dicts."""
     results = []
     for fw in frameworks:
@@ -131,7 +167,12 @@ def format_table(results: list[dict]) -> str:
     for r in results:
         rows.append(f"| {r['framework']} | {r['device']} | {r['step_s']:.3f} | {r['volumes_per_s']:.2f} | "
                     f"{r['peak_bytes'] / 2**30:.2f} ({r['peak_kind']}) | {r['warmup_s']:.1f} |")
-    if len(results) == 2:
-        rows.append(f"\nJAX step is {results[1]['step_s'] / results[0]['step_s']:.2f}x "
+    by = {r["framework"]: r for r in results}
+    if "jax" in by and "jax loop" in by:
+        over = by["jax loop"]["step_s"] - by["jax"]["step_s"]
+        rows.append(f"\nThe training loop adds {over * 1e3:+.0f} ms per step to the bare step "
+                    f"({over / by['jax']['step_s']:+.1%}).")
+    if "jax" in by and "torch+monai" in by:
+        rows.append(f"\nJAX step is {by['torch+monai']['step_s'] / by['jax']['step_s']:.2f}x "
                     f"the speed of the PyTorch + MONAI step.")
     return "\n".join(rows)

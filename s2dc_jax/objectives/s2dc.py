@@ -17,18 +17,18 @@ def default_ssl_config() -> ml_collections.ConfigDict:
     """The ``ssl`` config block with REFERENCE.md defaults (plus our documented extras)."""
     c = ml_collections.ConfigDict()
     c.match = "sinkhorn"           # 'sinkhorn' | 'dual_softmax' (dual softmax for MRI and PET)
-    c.sinkhorn_iters = 100
+    c.sinkhorn_iters = 100         # log-domain Sinkhorn iterations (supplementary Table 3: 100)
     c.bin_score = 1.0              # dustbin score, on the cosine scale
     c.temperature = 1.0            # divides the matching scores; 1.0 = reference (REFERENCE.md 6)
     c.queue_size = 200             # K keys; the reference uses queue_num * batch (90 CT-1k, 200 else)
-    c.global_temperature = 0.9
+    c.global_temperature = 0.9     # InfoNCE temperature of the global (crop-level) contrast
     c.global_normalize = True      # L2-normalise global features (the reference does not)
-    c.ema_momentum = 0.999
-    c.w_p2p = 0.5
-    c.w_p2s = 0.5
-    c.w_global = 0.5
-    c.head_hidden = 2048
-    c.head_dim = 512
+    c.ema_momentum = 0.999         # teacher = m * teacher + (1 - m) * student before each step
+    c.w_p2p = 0.5                  # weight of the patch-to-patch (optimal transport) loss
+    c.w_p2s = 0.5                  # weight of the patch-to-structure (Sharpe ratio) loss
+    c.w_global = 0.5               # weight of the global InfoNCE loss with the key queue
+    c.head_hidden = 2048           # hidden width of the patch and global projection MLPs
+    c.head_dim = 512               # output width of both heads (L2-normalised features)
     c.correspondence = "inplane"   # 'inplane' (reference) | '3d' (aug_full also zooms z; 3D ground truth)
     c.sharpe_detach = True         # stop the gradient through the Sharpe weights (the reference does not)
     return c

@@ -27,13 +27,13 @@ def pretrain_config() -> ml_collections.ConfigDict:
     c.num_devices = 0           # 0: every device (of every process); one process may use fewer
 
     c.model = ml_collections.ConfigDict()
-    c.model.in_channels = 1
-    c.model.feature_size = 48
-    c.model.depths = (2, 2, 2, 2)
-    c.model.num_heads = (3, 6, 12, 24)
-    c.model.window_size = 7
-    c.model.patch_size = 2
-    c.model.use_v2 = True
+    c.model.in_channels = 1     # image channels per volume (1 for CT/MRI/PET as pretrained)
+    c.model.feature_size = 48   # embed dim of stage 0; stage i has feature_size * 2**i channels (48 in the paper)
+    c.model.depths = (2, 2, 2, 2)  # Swin blocks in each of the 4 stages
+    c.model.num_heads = (3, 6, 12, 24)  # attention heads per stage; each must divide feature_size
+    c.model.window_size = 7     # attention window edge in tokens (7x7x7 windows, shifted every other block)
+    c.model.patch_size = 2      # patch-embedding stride in voxels; crops must be divisible by patch_size * 16
+    c.model.use_v2 = True       # MONAI SwinUNETR v2: a residual conv block before each stage (the paper uses it)
     # 3D patch-merging rule: 'monai' is MONAI >= 1.5's (all 8 neighbours); 'legacy' is MONAI <= 1.4's, for
     # weights trained there (the authors' S2DC code). New runs keep 'monai' so their weights compute in current
     # MONAI exactly what they computed here.
