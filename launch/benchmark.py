@@ -2,7 +2,7 @@
 
   python launch/benchmark.py data [--shape 512 512 300] [--roi 384 384 96] [--repeats 3] [--workdir /tmp/s2dc_bench]
   python launch/benchmark.py pretrain --config configs/ct1k.py [--set model.crop_group=1 ...] [--steps 5]
-      [--frameworks jax loop torch]
+      [--frameworks jax loop torch] [--baseline model.remat_policy=none ...] [--peak-tflops T]
   python launch/benchmark.py memory --config configs/ct1k.py [--set model.dtype=bfloat16] [--parts] [--buffers 10]
 
 ``data``: host CPU-seconds per volume from a CT-like NIfTI (.nii.gz and .nii) to the
@@ -53,11 +53,17 @@ def _pretrain(args) -> int:
 
     config = load_config(args.config, args.set)
     validate(config, device_count=1)
-    results = bench.compare(config, steps=args.steps, warmup=args.warmup, frameworks=args.frameworks)
+    baseline = None
+    if args.baseline:
+        baseline = load_config(args.config, args.set + args.baseline)
+        validate(baseline, device_count=1)
+    results = bench.compare(config, steps=args.steps, warmup=args.warmup, frameworks=args.frameworks,
+                            baseline=baseline, baseline_label=" ".join(args.baseline), peak=args.peak_tflops)
     print(bench.format_table(results))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"config": args.config, "overrides": args.set, "results": results}, f, indent=1)
+            json.dump({"config": args.config, "overrides": args.set, "baseline": args.baseline,
+                       "results": results}, f, indent=1)
     return 0
 
 
@@ -77,6 +83,12 @@ def add_pretrain(sub) -> None:
     p.add_argument("--frameworks", nargs="+", default=["jax", "loop", "torch"], choices=["jax", "loop", "torch"],
                    help="jax: the bare compiled step; loop: the same step in the real training loop "
                         "(phantoms, grain, logging); torch: a PyTorch + MONAI step of the same math")
+    p.add_argument("--baseline", action="append", default=[], metavar="KEY=VALUE",
+                   help="also time the bare JAX step with these overrides on top of --set, in the same run "
+                        "(repeatable), e.g. the step before crop grouping: --baseline model.crop_group=16 "
+                        "--baseline model.remat_policy=none")
+    p.add_argument("--peak-tflops", type=float, help="the device's peak TFLOP/s for the MFU column "
+                   "(default: known GPUs by name, s2dc_jax/bench/pretrain.py PEAK_TFLOPS; e.g. 0.157 for 2 cores)")
     p.add_argument("--json", help="also write the results here")
     p.set_defaults(func=_pretrain)
 

@@ -32,7 +32,6 @@ _LEVELS = flags.DEFINE_list("levels", "head,last,finer", "Token levels drawn: he
                             "last stage), finer (the stage before).")
 _DPI = flags.DEFINE_integer("dpi", 100, "Resolution of the PNGs.")
 _OUT = flags.DEFINE_string("out", None, "Output folder for the PNGs and summary.json.")
-flags.mark_flags_as_required(["checkpoint", "out"])
 
 SCRIPT = "visualize.py"
 
@@ -48,6 +47,9 @@ def main(argv):
     logging.set_verbosity(logging.ERROR)  # Orbax warns about the data item it is told not to read
     from s2dc_jax.tasks import visualize
 
+    for name, flag in (("checkpoint", _CHECKPOINT), ("out", _OUT)):
+        if not flag.value:
+            fail(f"--{name} is required (python launch/visualize.py --help)")
     if not visualize.have_matplotlib():
         fail(visualize.MISSING)
     if bool(_IMAGE.value) == bool(_DATALIST.value):

@@ -43,7 +43,14 @@ def parse_with_help(flag_values, argv):
         raise
 
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"  # the checkout's configs/ (pip install -e .)
+# Where config names are looked up: the checkout's configs/ (pip install -e .), else the copy
+# that a wheel install puts under <prefix>/share/s2dc_jax/configs (pyproject's data-files).
+CONFIG_DIRS = (Path(__file__).resolve().parents[1] / "configs", Path(sys.prefix) / "share" / "s2dc_jax" / "configs")
+
+
+def config_dir() -> Path:
+    """The first of :data:`CONFIG_DIRS` that holds the shipped configs."""
+    return next((d for d in CONFIG_DIRS if (d / "demo.py").is_file()), CONFIG_DIRS[0])
 
 
 def resolve_config(value: str) -> str:
@@ -53,11 +60,12 @@ def resolve_config(value: str) -> str:
         return value
     name = path.removesuffix(".py")
     name = name[len("configs/"):] if name.startswith("configs/") else name
-    for candidate in (CONFIG_DIR / f"{name}.py", CONFIG_DIR / "finetune" / f"{name}.py"):
+    root = config_dir()
+    for candidate in (root / f"{name}.py", root / "finetune" / f"{name}.py"):
         if candidate.is_file():
             return str(candidate) + colon + variant
-    known = sorted(p.stem for p in CONFIG_DIR.glob("*.py")) + sorted(
-        f"finetune/{p.stem}" for p in CONFIG_DIR.glob("finetune/*.py"))
+    known = sorted(p.stem for p in root.glob("*.py")) + sorted(
+        f"finetune/{p.stem}" for p in root.glob("finetune/*.py"))
     raise FileNotFoundError(f"--config: no config file {path!r} (give a path, or a name: {', '.join(known)})")
 
 

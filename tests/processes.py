@@ -13,7 +13,7 @@ def run_processes(command, num: int, env: dict, cwd=None, timeout: int = 600) ->
     """Runs `command(process_id, coordinator_address)` for every process id at once; (return code, output) each.
 
     Processes still running at the timeout are killed with SIGKILL: after
-    jax.distributed.initialize, JAX catches SIGTERM (JAX_NOTES.md).
+    jax.distributed.initialize, JAX catches SIGTERM.
     """
     address = f"localhost:{free_port()}"
     procs = [subprocess.Popen(command(i, address), env=env, cwd=cwd, stdout=subprocess.PIPE,

@@ -67,12 +67,52 @@ def test_help_lists_the_flags_and_points_to_the_reference(script):
     (["--config=btcv:tiny", "--config.data.datalist=/nope.json"], ["/nope.json"]),
     (["--config=btcv:tiny", "--config.model.windows_size=4"], ["did you mean --config.model.window_size"]),
     (["--config=btcv:tiny", "--config.init.source=ema"], ["init.source"]),
+    (["--config=btcv:tiny", "--config.optim.lr=fast"], ["--config.optim.lr=fast"]),
+    (["--config=btcv:small"], ["config variant must be", "'small'"]),
+    (["--config=finetune/nope"], ["no config file", "btcv"]),
 ])
 def test_finetune_mistakes_are_one_line(tmp_path, args, needles):
     one_line_error(run("finetune.py", *args, f"--workdir={tmp_path / 'w'}"), *needles)
+
+
+def test_finetune_unwritable_workdir_is_one_line(tmp_path):
+    from s2dc_jax.data import write_phantom_dataset
+
+    lst = write_phantom_dataset(tmp_path / "data", num=1, num_val=1, modality="ct", shape=(32, 32, 32), targets=False)
+    (tmp_path / "file").write_text("")
+    one_line_error(run("finetune.py", "--config=btcv:tiny", f"--config.data.datalist={lst}",
+                       f"--workdir={tmp_path / 'file' / 'run'}"), "cannot write there")
+
+
+def test_installed_commands_run_from_anywhere(tmp_path):
+    """pip install puts s2dc-* on the PATH (pyproject [project.scripts]); configs resolve by name."""
+    bin_dir = Path(sys.executable).parent
+    r = subprocess.run([str(bin_dir / "s2dc-finetune"), "--config=btcv:tiny", "--print_config"], capture_output=True,
+                       text=True, timeout=300, cwd=tmp_path, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert r.returncode == 0 and "task: segmentation" in r.stdout, r.stderr[-2000:]
+    for name in ("s2dc-pretrain", "s2dc-export", "s2dc-datalist"):
+        r = subprocess.run([str(bin_dir / name), "--help"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert r.returncode == 0 and "--" in r.stdout + r.stderr, (name, r.stderr[-2000:])
+
+
+def test_config_names_resolve_from_the_installed_copy(tmp_path, monkeypatch):
+    """Outside a checkout, names come from <prefix>/share/s2dc_jax/configs, where a wheel puts them."""
+    from s2dc_jax import _cli
+
+    shared = tmp_path / "share" / "s2dc_jax" / "configs"
+    (shared / "finetune").mkdir(parents=True)
+    for f in ("demo.py", "mri6k.py", "finetune/btcv.py"):
+        (shared / f).write_text((REPO / "configs" / f).read_text())
+    monkeypatch.setattr(_cli, "CONFIG_DIRS", (tmp_path / "no_checkout", shared))
+    assert _cli.resolve_config("mri6k:tiny") == f"{shared / 'mri6k.py'}:tiny"
+    assert _cli.resolve_config("btcv") == str(shared / "finetune" / "btcv.py")
+    with pytest.raises(FileNotFoundError, match="demo, mri6k, finetune/btcv"):
+        _cli.resolve_config("ct1k")
+    assert "share/s2dc_jax/configs" in (REPO / "pyproject.toml").read_text()
 
 
 def test_export_mistakes_are_one_line(tmp_path):
     one_line_error(run("export_torch.py", "--checkpoint=/nonexistent", "--out=x.pt"), "does not exist")
     one_line_error(run("export_torch.py", "--out=x.pt"), "--checkpoint is required")
     one_line_error(run("export_torch.py", "--checkpoint=tests", "--out=x.pt", "--merging=old"), "--merging")
+    one_line_error(run("export_torch.py", "--checkpoint=/nonexistent", "--out=x.pt", "--step=abc"), "--step")

@@ -1,4 +1,5 @@
 """Held-out evaluation of pretraining: the shared correspondence function, fixed views, baselines, probe, no effect."""
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -201,13 +202,21 @@ def test_val_fraction_holds_volumes_out_of_training(tmp_path):
 
 
 def test_evaluation_does_not_change_the_training_trajectory(tmp_path):
-    """2 steps through the loop with held-out evaluation, probe and pictures every step, and without: same params."""
+    """2 steps through the loop with held-out evaluation, probe and pictures every step, and without: same params.
+
+    Also the in-process end-to-end run of pretraining: the step is traced once per run.
+    """
     base = dict(total_steps=2, **{"data.phantoms": 2, "data.phantom_shape": (64, 64, 32), "num_devices": 2,
                                   "checkpoint_every": 2})
     on = tiny_config(eval_every=1, image_every=1, **base, **{
         "eval.phantoms": 2, "eval.at_start": True, "eval.views_per_volume": 1, "eval.random_inits": 1})
-    r_on = loop.run(PretrainTask(on), tmp_path / "on")
-    loop.run(PretrainTask(tiny_config(**base)), tmp_path / "off")
+    runs = []
+    for config in (on, tiny_config(**base)):
+        task = PretrainTask(config)
+        task.train_step = chex.assert_max_traces(task.train_step, n=1)  # one compile per run, evaluation or not
+        runs.append(task)
+    r_on = loop.run(runs[0], tmp_path / "on")
+    loop.run(runs[1], tmp_path / "off")
     a, _ = load_params(tmp_path / "on")
     b, _ = load_params(tmp_path / "off")
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):

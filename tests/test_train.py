@@ -48,13 +48,13 @@ def run_steps(config, num_devices, batches):
     losses = []
     for b in batches:
         state, m = step(state, to_global(b, batch_sharding(mesh)))
-        losses.append(float(m["loss"]))  # blocks on the step (multi-device CPU, JAX_NOTES.md)
+        losses.append(float(m["loss"]))  # blocks on the step (several CPU devices can hang otherwise)
     return jax.device_get(state), losses
 
 
-def eight_and_one_device_agree(config, batches):
-    """The loop's step on 8 devices and on 1: same losses and parameters (1e-5); both runs returned."""
-    s8, l8 = run_steps(config, 8, batches)
+def eight_and_one_device_agree(config, batches, many=8):
+    """The loop's step on ``many`` (8) devices and on 1: same losses and parameters (1e-5); both runs returned."""
+    s8, l8 = run_steps(config, many, batches)
     s1, l1 = run_steps(config, 1, batches)
     np.testing.assert_allclose(l8, l1, rtol=1e-5, atol=1e-5)
     for a, b in zip(jax.tree.leaves(s8["params"]), jax.tree.leaves(s1["params"])):

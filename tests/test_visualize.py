@@ -68,13 +68,14 @@ def test_command_writes_pngs_whose_accuracy_is_the_evaluations(run_dir, tmp_path
         assert summary[k]["pairs"] > 0 and summary[k]["right"] / summary[k]["pairs"] == v, (k, summary[k], v)
 
 
-@pytest.mark.parametrize("case", ["missing checkpoint", "bad volume", "no matplotlib"])
+@pytest.mark.parametrize("case", ["missing checkpoint", "bad volume", "no matplotlib", "no checkpoint flag"])
 def test_errors_are_one_clear_line(run_dir, tmp_path, case):
     bad = tmp_path / "bad.nii.gz"
     bad.write_bytes(b"not a volume")
     args = {"missing checkpoint": [f"--checkpoint={tmp_path / 'nope'}", f"--image={bad}"],
             "bad volume": [f"--checkpoint={run_dir}", f"--image={bad}"],
-            "no matplotlib": [f"--checkpoint={run_dir}", f"--image={bad}"]}[case]
+            "no matplotlib": [f"--checkpoint={run_dir}", f"--image={bad}"],
+            "no checkpoint flag": [f"--image={bad}"]}[case]
     cmd = [sys.executable, str(SCRIPT), *args, f"--out={tmp_path / 'o'}"]
     if case == "no matplotlib":  # the import fails as it does where the extra is not installed
         cmd = [sys.executable, "-c", "import runpy, sys; sys.modules['matplotlib'] = None; "
@@ -83,7 +84,7 @@ def test_errors_are_one_clear_line(run_dir, tmp_path, case):
     lines = p.stderr.strip().splitlines()
     assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith("visualize.py: error: "), p.stderr
     needle = {"missing checkpoint": "does not exist", "bad volume": "bad.nii.gz: not a readable NIfTI",
-              "no matplotlib": 'pip install -e ".[viz]"'}[case]
+              "no matplotlib": 'pip install -e ".[viz]"', "no checkpoint flag": "--checkpoint is required"}[case]
     assert needle in lines[0]
     assert not (tmp_path / "o").exists()
 

@@ -5,7 +5,11 @@ config, the same random batches and the same device kind; the parent prints both
 ratio. ``loop`` runs the same JAX step inside the real training loop (``training.loop.run``:
 phantom NIfTI files through the grain pipeline, batches copied while the step runs, metrics
 fetched on log steps only, progress bar, final checkpoint), so its time against ``jax`` is
-the loop's overhead per step. Used by ``launch/benchmark.py pretrain``.
+the loop's overhead per step. A ``baseline`` (config overrides, e.g. the old step's
+``model.crop_group`` and ``model.remat_policy``) adds the bare JAX step of that config to the same run,
+so old and new are timed side by side. The JAX rows give achieved FLOP/s from XLA's cost
+analysis of the step (the model's FLOPs, recomputation not counted) and, where the device's
+peak is known or given, the MFU. Used by ``launch/benchmark.py pretrain``.
 """
 from __future__ import annotations
 
@@ -32,6 +36,24 @@ def _batches(config, n, seed=0):
         b["image"] = rng.uniform(0, 1, (config.batch_size, x, y, z, 1)).astype(np.float32)
         out.append(b)
     return out
+
+
+# Dense peak FLOP/s per device (spec sheets), by compute dtype: what MFU is measured against.
+# float32 on these GPUs is TF32 tensor-core math (XLA's default matmul precision).
+PEAK_TFLOPS = {
+    "H200": {"bfloat16": 989.0, "float32": 494.5},
+    "H100": {"bfloat16": 989.0, "float32": 494.5},   # SXM; the PCIe card is about 0.76x
+    "A100": {"bfloat16": 312.0, "float32": 156.0},
+    "L40S": {"bfloat16": 362.0, "float32": 183.0},
+}
+
+
+def peak_tflops(device_kind: str, dtype: str) -> float | None:
+    """The table's peak for ``device_kind`` (matched by name) in ``dtype``; None when unknown."""
+    for name, by_dtype in PEAK_TFLOPS.items():
+        if name.lower() in device_kind.lower():
+            return by_dtype.get(dtype)
+    return None
 
 
 def _peak_rss_bytes():
@@ -66,8 +88,16 @@ def time_jax(config, steps: int, warmup: int) -> dict:
     stats = dev.memory_stats() if dev.platform == "gpu" else None
     peak = stats["peak_bytes_in_use"] if stats else _peak_rss_bytes()
     return {"framework": "jax", "device": f"{jax.device_count()} x {dev.device_kind}",
-            "step_s": float(np.median(times)), "warmup_s": t_compile, "peak_bytes": int(peak),
-            "peak_kind": "device" if stats else "host RSS", "loss": float(m["loss"])}
+            "device_kind": dev.device_kind, "step_s": float(np.median(times)), "warmup_s": t_compile,
+            "peak_bytes": int(peak), "peak_kind": "device" if stats else "host RSS", "loss": float(m["loss"]),
+            "flops_per_device": _step_flops(config, jax.device_count())}
+
+
+def _step_flops(config, n_devices: int) -> float:
+    """The model's FLOPs of one step on one device (XLA cost analysis of the ungrouped step, not run)."""
+    from s2dc_jax.bench.memory import model_flops, per_device_config
+
+    return model_flops(per_device_config(config, config.batch_size // n_devices))
 
 
 def time_loop(config, steps: int, warmup: int) -> dict:
@@ -98,9 +128,10 @@ def time_loop(config, steps: int, warmup: int) -> dict:
     dev = jax.devices()[0]
     stats = dev.memory_stats() if dev.platform == "gpu" else None
     peak = stats["peak_bytes_in_use"] if stats else _peak_rss_bytes()
-    return {"framework": "jax loop", "device": f"{jax.device_count()} x {dev.device_kind}", "step_s": step_s,
-            "warmup_s": total - steps * step_s, "peak_bytes": int(peak),
-            "peak_kind": "device" if stats else "host RSS", "loss": result["train"]["train/loss"]}
+    return {"framework": "jax loop", "device": f"{jax.device_count()} x {dev.device_kind}",
+            "device_kind": dev.device_kind, "step_s": step_s, "warmup_s": total - steps * step_s,
+            "peak_bytes": int(peak), "peak_kind": "device" if stats else "host RSS",
+            "loss": result["train"]["train/loss"]}
 
 
 def time_torch(config, steps: int, warmup: int) -> dict:
@@ -144,30 +175,48 @@ def child(framework: str, config_json: str, steps: int, warmup: int) -> None:
     print("RESULT " + json.dumps(fn(config, steps, warmup)), flush=True)
 
 
-def compare(config, steps: int = 5, warmup: int = 2, frameworks=("jax", "loop", "torch")) -> list[dict]:
-    """Run each framework in a child process on ``config``; return their result dicts."""
+def compare(config, steps: int = 5, warmup: int = 2, frameworks=("jax", "loop", "torch"),
+            baseline=None, baseline_label: str = "baseline", peak: float | None = None) -> list[dict]:
+    """Run each framework in a child process on ``config``; return their result dicts.
+
+    ``baseline``: a second config whose bare JAX step runs first, labelled ``jax (baseline_label)``.
+    ``peak``: the device's peak TFLOP/s for the MFU (default: :data:`PEAK_TFLOPS` by device name).
+    """
+    runs = [("jax", baseline, f"jax ({baseline_label})")] if baseline is not None else []
+    runs += [(fw, config, None) for fw in frameworks]
     results = []
-    for fw in frameworks:
+    for fw, cfg, label in runs:
         code = ("import sys; from s2dc_jax.bench.pretrain import child; "
                 "child(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))")
-        proc = subprocess.run([sys.executable, "-c", code, fw, config.to_json(), str(steps), str(warmup)],
+        proc = subprocess.run([sys.executable, "-c", code, fw, cfg.to_json(), str(steps), str(warmup)],
                               capture_output=True, text=True, env=os.environ.copy())
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode != 0 or not lines:
             raise RuntimeError(f"{fw} benchmark failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
         r = json.loads(lines[-1][len("RESULT "):])
-        r["volumes_per_s"] = config.batch_size / r["step_s"]
+        r["framework"] = label or r["framework"]
+        r["volumes_per_s"] = cfg.batch_size / r["step_s"]
+        if r.get("flops_per_device"):
+            r["tflops_per_s"] = r["flops_per_device"] / r["step_s"] / 1e12
+            p = peak or peak_tflops(r.get("device_kind", ""), cfg.model.dtype)
+            r["mfu"] = r["tflops_per_s"] / p if p else None
         results.append(r)
     return results
 
 
 def format_table(results: list[dict]) -> str:
-    rows = ["| framework | device | step (s) | volumes/s | peak memory (GiB) | first steps (s) |",
-            "|---|---|---|---|---|---|"]
+    rows = ["| framework | device | step (s) | volumes/s | TFLOP/s (MFU) | peak memory (GiB) | first steps (s) |",
+            "|---|---|---|---|---|---|---|"]
     for r in results:
-        rows.append(f"| {r['framework']} | {r['device']} | {r['step_s']:.3f} | {r['volumes_per_s']:.2f} | "
+        rate = ""
+        if r.get("tflops_per_s"):
+            rate = f"{r['tflops_per_s']:.3g}" + (f" ({r['mfu']:.1%})" if r.get("mfu") else "")
+        rows.append(f"| {r['framework']} | {r['device']} | {r['step_s']:.3f} | {r['volumes_per_s']:.2f} | {rate} | "
                     f"{r['peak_bytes'] / 2**30:.2f} ({r['peak_kind']}) | {r['warmup_s']:.1f} |")
     by = {r["framework"]: r for r in results}
+    for r in results:
+        if r["framework"].startswith("jax (") and "jax" in by:
+            rows.append(f"\nThe step is {r['step_s'] / by['jax']['step_s']:.2f}x the speed of {r['framework']}.")
     if "jax" in by and "jax loop" in by:
         over = by["jax loop"]["step_s"] - by["jax"]["step_s"]
         rows.append(f"\nThe training loop adds {over * 1e3:+.0f} ms per step to the bare step "

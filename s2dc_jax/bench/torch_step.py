@@ -1,6 +1,6 @@
 """A PyTorch + MONAI S2DC pretraining step, written for the benchmark only.
 
-Same shapes and losses as the JAX step (REFERENCE.md sections 1-3): MONAI SwinTransformer
+Same shapes and losses as the JAX step (docs/method.md sections 1-3): MONAI SwinTransformer
 student and EMA teacher, the two heads, in-plane affine views with trilinear
 ``grid_sample``, ground truth from the affines, Sinkhorn or dual-softmax matching, the
 Sharpe term and InfoNCE with a queue, AdamW. Batched, no Python loops over crops or

@@ -32,7 +32,7 @@ _BAD_POS = "_bad_pos"  # i32[b, max_retries] their positions in the host's recor
 
 
 def default_data_config() -> config_dict.ConfigDict:
-    """Data fields of the config (DESIGN.md section 3) with their defaults."""
+    """Data fields of the config (docs/config.md) with their defaults."""
     c = config_dict.ConfigDict()
     c.modality = "ct"                 # 'ct' | 'mri' | 'pet' (presets.PRESETS)
     # A JSON path or a tuple of them; object-typed so either form can be assigned.

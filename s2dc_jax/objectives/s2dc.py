@@ -1,4 +1,4 @@
-"""The whole S2DC objective for one (per-device) batch: views, passes, three losses (REFERENCE.md 1-3)."""
+"""The whole S2DC objective for one (per-device) batch: views, passes, three losses (docs/method.md 1-3)."""
 from __future__ import annotations
 
 from typing import Callable
@@ -14,12 +14,12 @@ BATCH_KEYS = ("image", "full_affine", "full_shift", "crop_affine", "crop_shift",
 
 
 def default_ssl_config() -> ml_collections.ConfigDict:
-    """The ``ssl`` config block with REFERENCE.md defaults (plus our documented extras)."""
+    """The ``ssl`` config block with docs/method.md defaults (plus our documented extras)."""
     c = ml_collections.ConfigDict()
     c.match = "sinkhorn"           # 'sinkhorn' | 'dual_softmax' (dual softmax for MRI and PET)
     c.sinkhorn_iters = 100         # log-domain Sinkhorn iterations (supplementary Table 3: 100)
     c.bin_score = 1.0              # dustbin score, on the cosine scale
-    c.temperature = 1.0            # divides the matching scores; 1.0 = reference (REFERENCE.md 6)
+    c.temperature = 1.0            # divides the matching scores; 1.0 = reference (docs/method.md 6)
     c.queue_size = 200             # K keys; the reference uses queue_num * batch (90 CT-1k, 200 else)
     c.global_temperature = 0.9     # InfoNCE temperature of the global (crop-level) contrast
     c.global_normalize = True      # L2-normalise global features (the reference does not)
@@ -54,7 +54,7 @@ def _pool_tokens(feats: jax.Array) -> jax.Array:
     return jnp.mean(feats, axis=(1, 2, 3))
 
 
-def _roi_tokens(feats: jax.Array, b: int, nx: int, ny: int) -> jax.Array:
+def roi_tokens(feats: jax.Array, b: int, nx: int, ny: int) -> jax.Array:
     """Crop tokens ``f32[b*n, t, t, t, F]`` -> ROI token grid ``f32[b, nx*t, ny*t, t, F]``."""
     _, t, _, tz, f = feats.shape
     g = feats.reshape(b, nx, ny, t, t, tz, f).transpose(0, 1, 3, 2, 4, 5, 6)
@@ -118,7 +118,7 @@ def s2dc_loss(params: dict, teacher: dict, encode: Callable, batch: dict, queue:
 
     # ---- patch losses: one matching problem per z-slice (inplane) or per volume (3d)
     def patch_tokens(p, feats):
-        grid = _roi_tokens(feats, b, nx, ny)                                      # [b, gx, gy, gz, F]
+        grid = roi_tokens(feats, b, nx, ny)                                      # [b, gx, gy, gz, F]
         tok = heads.patch_head(p, grid.reshape(b, gx * gy * gz, -1), ssl_cfg)    # [b, gx*gy*gz, D]
         if mode == "inplane":
             return tok.reshape(b, gx * gy, gz, -1).transpose(0, 2, 1, 3)          # [b, gz, M, D]

@@ -39,7 +39,7 @@ class Pretrained:
 
 
 def _architecture_of(encoder: dict) -> dict:
-    """ARCHITECTURE fields read off an encoder's parameter shapes (all but merging)."""
+    """ARCHITECTURE fields read off an encoder's parameter shapes (all but merging), in MONAI layout."""
     cfg = infer_config(to_monai(encoder))
     return {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in cfg.items() if k in ARCHITECTURE}
 
@@ -54,10 +54,13 @@ def read_pretrained(config) -> Pretrained | None:
         except (FileNotFoundError, ValueError) as e:
             raise ValueError(f"init.checkpoint: {e}") from None
         encoder = encoder_params(params)
-        model = _architecture_of(encoder)
-        run = run_config(init.checkpoint)
+        run_model = (run_config(init.checkpoint) or {}).get("model") or {}
+        if all(k in run_model for k in ARCHITECTURE if k != "merging"):  # the run's own config.json
+            model = {k: tuple(v) if isinstance(v, list) else v for k, v in run_model.items() if k in ARCHITECTURE}
+        else:  # a step folder moved away from its run: read the shapes
+            model = _architecture_of(encoder)
         # Runs older than the merging field were all trained with MONAI >= 1.5's rule.
-        model["merging"] = ((run or {}).get("model") or {}).get("merging", "monai")
+        model.setdefault("merging", "monai")
         return Pretrained({"swinViT": encoder}, f"pretraining checkpoint {init.checkpoint} (step {step}, "
                                                 f"{init.source})", model)
     if init.torch:

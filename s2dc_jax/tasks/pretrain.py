@@ -1,7 +1,7 @@
 """S2DC pretraining as a task of the training loop: its state, step, data and config checks.
 
 State is one pytree: ``{step, params (student), teacher, opt_state, queue, queue_ptr, rng}``
-(DESIGN.md section 2), replicated over the data axis; batches are sharded.
+replicated over the data axis; batches are sharded.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The pretraining config: one ConfigDict shared by every preset, and its validation.
 
-Presets in ``configs/`` start from :func:`pretrain_config` and change what REFERENCE.md
+Presets in ``configs/`` start from :func:`pretrain_config` and change what docs/method.md
 says differs per dataset; :func:`shrink` makes any preset small enough for a smoke run.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from s2dc_jax.tasks.pretrain_eval import default_eval_config, validate_eval_conf
 
 
 def pretrain_config() -> ml_collections.ConfigDict:
-    """REFERENCE.md sections 2-4 defaults (paper size, one volume of 16 crops per device)."""
+    """docs/method.md sections 2-4 defaults (paper size, one volume of 16 crops per device)."""
     c = ml_collections.ConfigDict()
     c.seed = 0                  # parameter init, queue init, the order and views of the training volumes
     c.total_steps = 100_000     # optimiser steps of the whole run (the cosine decay ends here)

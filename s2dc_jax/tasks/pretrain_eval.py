@@ -4,7 +4,7 @@ Every held-out volume gets ``eval.views_per_volume`` fixed views: the large-ROI 
 ``aug_full`` affine of view ``v`` of volume ``i`` come from ``np.random.default_rng([eval.seed,
 EVAL_STREAM, i, v])``, never from the training stream, so they are the same at every
 evaluation, in every run and for any worker or device count. On each view the encoder sees
-``src`` and ``aug_full`` (REFERENCE.md section 1) and every ``src`` token that has a
+``src`` and ``aug_full`` (docs/method.md section 1) and every ``src`` token that has a
 ground-truth partner (correspondence.py, exact inverse) is matched to its top-1 cosine
 neighbour among the ``aug_full`` tokens of the same matching problem. Accuracy = matched
 partners / ground-truth pairs, at three levels:
@@ -37,7 +37,7 @@ from s2dc_jax.data import io, presets
 from s2dc_jax.data.pipeline import num_crops, view_ranges
 from s2dc_jax.data.view_params import sample_view_params
 from s2dc_jax.objectives import correspondence, matching, views
-from s2dc_jax.objectives.s2dc import _roi_tokens as roi_tokens  # the training's crop -> ROI token order
+from s2dc_jax.objectives.s2dc import roi_tokens  # the training's crop -> ROI token order
 from s2dc_jax.tasks.base import AXIS
 
 EVAL_STREAM = 0x5EED14   # keeps the fixed views' random stream apart from the training's

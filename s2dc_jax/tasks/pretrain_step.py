@@ -37,7 +37,7 @@ def train_step(state: dict, batch: dict, *, config: ml_collections.ConfigDict, e
     """
     encode = make_encode(config, encoder)
 
-    # REFERENCE.md section 2: before each step the teacher moves towards the student.
+    # docs/method.md section 2: before each step the teacher moves towards the student.
     teacher = objectives.ema_update(state["teacher"], state["params"], config.ssl.ema_momentum)
 
     def loss_fn(params):

@@ -235,7 +235,7 @@ def run(task: Task, workdir: str | os.PathLike) -> dict:
         last, step, saved = {}, start, None
         for step in range(start + 1, total + 1):
             state, metrics = step_fn(state, batch)
-            if on_cpu:  # several CPU devices running collectives without blocking can hang (JAX_NOTES.md)
+            if on_cpu:  # several CPU devices running collectives without blocking can hang (a known XLA CPU issue)
                 jax.block_until_ready(metrics)
             train.add(step, metrics)
             bar.update(1)

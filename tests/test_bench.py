@@ -1,0 +1,27 @@
+"""launch/benchmark.py pretrain: the figures it derives and prints (the timed runs are the benchmark's job)."""
+import pytest
+
+from s2dc_jax.bench import pretrain as bench
+
+
+def test_peak_table_matches_device_names():
+    assert bench.peak_tflops("NVIDIA H100 80GB HBM3", "bfloat16") == 989.0
+    assert bench.peak_tflops("NVIDIA H200", "float32") == pytest.approx(494.5)
+    assert bench.peak_tflops("cpu", "float32") is None
+
+
+def test_table_gives_rates_mfu_loop_overhead_and_baseline_ratio():
+    common = {"device": "1 x TFRT_CPU_0", "peak_bytes": 2**30, "peak_kind": "host RSS", "warmup_s": 10.0}
+    rows = [
+        dict(common, framework="jax (model.crop_group=16)", step_s=0.5, volumes_per_s=4.0,
+             tflops_per_s=0.1, mfu=0.5),
+        dict(common, framework="jax", step_s=0.25, volumes_per_s=8.0, tflops_per_s=0.2, mfu=None),
+        dict(common, framework="jax loop", step_s=0.3, volumes_per_s=6.7),
+        dict(common, framework="torch+monai", step_s=1.0, volumes_per_s=2.0),
+    ]
+    out = bench.format_table(rows)
+    assert "| jax (model.crop_group=16) | 1 x TFRT_CPU_0 | 0.500 | 4.00 | 0.1 (50.0%) |" in out
+    assert "| jax | 1 x TFRT_CPU_0 | 0.250 | 8.00 | 0.2 |" in out
+    assert "The step is 2.00x the speed of jax (model.crop_group=16)." in out
+    assert "The training loop adds +50 ms per step to the bare step (+20.0%)." in out
+    assert "JAX step is 4.00x the speed of the PyTorch + MONAI step." in out
