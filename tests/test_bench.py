@@ -1,4 +1,4 @@
-"""launch/benchmark.py pretrain: the figures it derives and prints (the timed runs are the benchmark's job)."""
+"""launch/benchmark.py pretrain: the figures it derives and prints, and its rows on a tiny config (no timing claims)."""
 import pytest
 
 from s2dc_jax.bench import pretrain as bench
@@ -25,3 +25,25 @@ def test_table_gives_rates_mfu_loop_overhead_and_baseline_ratio():
     assert "The step is 2.00x the speed of jax (model.crop_group=16)." in out
     assert "The training loop adds +50 ms per step to the bare step (+20.0%)." in out
     assert "JAX step is 4.00x the speed of the PyTorch + MONAI step." in out
+
+
+def test_failed_rows_are_shown_and_left_out_of_the_ratios():
+    rows = [{"framework": "jax", "device": "1 x cpu", "step_s": 0.25, "volumes_per_s": 8.0, "peak_bytes": 2**30,
+             "peak_kind": "host RSS", "warmup_s": 1.0},
+            {"framework": "jax (model.crop_group=16)", "failed": "exit 1: RESOURCE_EXHAUSTED: out of memory"}]
+    out = bench.format_table(rows)
+    assert "| jax (model.crop_group=16) | failed: exit 1: RESOURCE_EXHAUSTED" in out
+    assert "The step is" not in out
+
+
+def test_loop_row_and_a_failing_baseline_on_a_tiny_config():
+    """The loop row is timed from its log (no checkpoint save in the window); a baseline that fails is a row."""
+    from test_train import tiny_config
+
+    config = tiny_config(batch_size=1, num_devices=1, **{"data.phantoms": 1, "data.phantom_shape": (64, 64, 32)})
+    broken = tiny_config(batch_size=1, num_devices=1, **{"data.crop_size": 24})  # does not divide the ROI: the child stops
+    loop_row, failed = bench.compare(config, steps=1, warmup=1, frameworks=("loop",), baseline=broken,
+                                     baseline_label="crop 24")
+    assert loop_row["framework"] == "jax loop" and loop_row["step_s"] > 0 and loop_row["flops_per_device"] > 1e8
+    assert loop_row["tflops_per_s"] > 0 and loop_row["mfu"] is None  # no known peak for a CPU
+    assert failed["framework"] == "jax (crop 24)" and failed["failed"].startswith("exit ")

@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -86,7 +87,7 @@ def test_finetune_unwritable_workdir_is_one_line(tmp_path):
 
 def test_installed_commands_run_from_anywhere(tmp_path):
     """pip install puts s2dc-* on the PATH (pyproject [project.scripts]); configs resolve by name."""
-    bin_dir = Path(sys.executable).parent
+    bin_dir = Path(sysconfig.get_path("scripts"))  # where pip put this environment's commands
     r = subprocess.run([str(bin_dir / "s2dc-finetune"), "--config=btcv:tiny", "--print_config"], capture_output=True,
                        text=True, timeout=300, cwd=tmp_path, env=dict(os.environ, JAX_PLATFORMS="cpu"))
     assert r.returncode == 0 and "task: segmentation" in r.stdout, r.stderr[-2000:]

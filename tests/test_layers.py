@@ -20,8 +20,10 @@ def imported_packages(path: Path) -> set[str]:
     """The s2dc_jax subpackages that ``path`` imports."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-            [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            # "from s2dc_jax import training" names the subpackage after "import"
+            names = [f"s2dc_jax.{a.name}" for a in node.names] if node.module == "s2dc_jax" else [node.module]
         for name in names:
             parts = name.split(".")
             if parts[0] == "s2dc_jax" and len(parts) > 1:
@@ -38,5 +40,6 @@ def test_lower_layers_do_not_import_upper_ones(folder):
 
 def test_the_check_sees_imports_inside_functions(tmp_path):
     f = tmp_path / "m.py"
-    f.write_text("def g():\n    from s2dc_jax.objectives import s2dc\n    import s2dc_jax.training.loop\n")
-    assert imported_packages(f) == {"objectives", "training"}
+    f.write_text("def g():\n    from s2dc_jax.objectives import s2dc\n    import s2dc_jax.training.loop\n"
+                 "    from s2dc_jax import data, bench\n")
+    assert imported_packages(f) == {"objectives", "training", "data", "bench"}

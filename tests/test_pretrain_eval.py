@@ -201,6 +201,22 @@ def test_val_fraction_holds_volumes_out_of_training(tmp_path):
     assert task.heldout.views.paths == val and any("held out 1 of 4" in s for s in lines)
 
 
+@pytest.mark.parametrize("have_sklearn", [True, False])
+def test_held_out_phantoms_are_probed_only_with_scikit_learn(tmp_path, monkeypatch, have_sklearn):
+    """The demo evaluates held-out phantoms; without scikit-learn (not a base dependency) it skips the probe, says so."""
+    from s2dc_jax.tasks import pretrain
+
+    monkeypatch.setattr(pretrain, "_have_sklearn", lambda: have_sklearn)
+    c = tiny_config(eval_every=2, **{"data.phantoms": 2, "data.phantom_shape": (40, 40, 24), "eval.phantoms": 2,
+                                     "eval.views_per_volume": 1, "eval.random_inits": 1})
+    task = PretrainTask(c)
+    task.mesh = make_mesh(1)
+    lines = []
+    task.prepare(tmp_path / "w", lines.append)
+    assert bool(task.config.eval.probe_datalist) == have_sklearn
+    assert any("no linear probe" in s for s in lines) != have_sklearn
+
+
 def test_evaluation_does_not_change_the_training_trajectory(tmp_path):
     """2 steps through the loop with held-out evaluation, probe and pictures every step, and without: same params.
 

@@ -18,9 +18,11 @@ import dataclasses
 import re
 from pathlib import Path
 
+import numpy as np
+
 from s2dc_jax.data.io import DataError
-from s2dc_jax.interop import MERGING_HINT, LoadReport, flatten_params, from_monai, infer_config, merging_from_metadata
-from s2dc_jax.interop import read_checkpoint, to_monai, unflatten_params
+from s2dc_jax.interop import MERGING_HINT, LoadReport, flatten_params, from_monai, merging_from_metadata
+from s2dc_jax.interop import read_checkpoint, unflatten_params
 from s2dc_jax.interop.workdir import encoder_params, load_params, run_config
 
 # config.model fields that must equal the pretrained encoder's (in_channels may differ: init.skip)
@@ -39,9 +41,21 @@ class Pretrained:
 
 
 def _architecture_of(encoder: dict) -> dict:
-    """ARCHITECTURE fields read off an encoder's parameter shapes (all but merging), in MONAI layout."""
-    cfg = infer_config(to_monai(encoder))
-    return {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in cfg.items() if k in ARCHITECTURE}
+    """ARCHITECTURE fields (all but merging) read off the shapes of our encoder's flax parameters.
+
+    ``patch_embed/proj/kernel`` is ``[p, p, p, C_in, feature_size]``; stage s has
+    ``layers{s}/blocks_{i}`` and each block's ``relative_position_bias_table`` is
+    ``[(2 * window - 1)^3, heads]``; the v2 blocks are ``layers{s}c``.
+    """
+    p, *_, fs = np.shape(encoder["patch_embed"]["proj"]["kernel"])
+    depths, heads = [], []
+    for s in range(1, 5):
+        layer = encoder[f"layers{s}"]
+        depths.append(1 + max(int(k.removeprefix("blocks_")) for k in layer if k.startswith("blocks_")))
+        heads.append(int(np.shape(layer["blocks_0"]["attn"]["relative_position_bias_table"])[1]))
+    rows = np.shape(encoder["layers1"]["blocks_0"]["attn"]["relative_position_bias_table"])[0]
+    return {"feature_size": int(fs), "depths": tuple(depths), "num_heads": tuple(heads),
+            "window_size": (round(rows ** (1 / 3)) + 1) // 2, "patch_size": int(p), "use_v2": "layers1c" in encoder}
 
 
 def read_pretrained(config) -> Pretrained | None:
@@ -54,13 +68,10 @@ def read_pretrained(config) -> Pretrained | None:
         except (FileNotFoundError, ValueError) as e:
             raise ValueError(f"init.checkpoint: {e}") from None
         encoder = encoder_params(params)
-        run_model = (run_config(init.checkpoint) or {}).get("model") or {}
-        if all(k in run_model for k in ARCHITECTURE if k != "merging"):  # the run's own config.json
-            model = {k: tuple(v) if isinstance(v, list) else v for k, v in run_model.items() if k in ARCHITECTURE}
-        else:  # a step folder moved away from its run: read the shapes
-            model = _architecture_of(encoder)
+        model = _architecture_of(encoder)
+        run = run_config(init.checkpoint)
         # Runs older than the merging field were all trained with MONAI >= 1.5's rule.
-        model.setdefault("merging", "monai")
+        model["merging"] = ((run or {}).get("model") or {}).get("merging", "monai")
         return Pretrained({"swinViT": encoder}, f"pretraining checkpoint {init.checkpoint} (step {step}, "
                                                 f"{init.source})", model)
     if init.torch:

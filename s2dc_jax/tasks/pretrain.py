@@ -23,6 +23,15 @@ from s2dc_jax.tasks.pretrain_config import validate
 from s2dc_jax.tasks.pretrain_step import train_step
 
 
+def _have_sklearn() -> bool:
+    """Whether the linear probe's library (scikit-learn, in the test extras) is installed."""
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _has_validation(path: Path, count: int) -> bool:
     """Whether the phantom list at ``path`` exists with ``count`` validation records (0: just exists)."""
     if not path.exists():
@@ -94,8 +103,10 @@ class PretrainTask(Task):
             c.data.datalist = str(path)
             if held:
                 c.data.val_datalist, c.data.val_split = str(path), "validation"
-                if not c.eval.probe_datalist:
+                if not c.eval.probe_datalist and _have_sklearn():
                     c.eval.probe_datalist, c.eval.probe_split = str(path), "validation"
+                elif not c.eval.probe_datalist:
+                    log("held-out phantoms: no linear probe (it needs scikit-learn: pip install scikit-learn)")
             log(f"training on {c.data.phantoms} synthetic phantoms: {c.data.datalist}"
                 + (f" ({held} more held out)" if held else ""))
         if c.data.val_fraction > 0:
@@ -129,11 +140,9 @@ class PretrainTask(Task):
             val = [r["image"] for r in data_lib.read_datalist(c.data.val_datalist, root=c.data.root, split=split)]
         probe = []
         if c.eval.probe_datalist and self._evaluating:
-            try:
-                import sklearn  # noqa: F401
-            except ImportError:
+            if not _have_sklearn():
                 raise ValueError("config.eval.probe_datalist: the linear probe needs scikit-learn "
-                                 "(pip install scikit-learn)") from None
+                                 "(pip install scikit-learn)")
             split = pretrain_eval.resolve_split(c.eval.probe_datalist, c.eval.probe_split)
             recs = data_lib.read_datalist(c.eval.probe_datalist, root=c.data.root, split=split)
             if any("label" not in r for r in recs):
