@@ -152,6 +152,18 @@ def test_ema_update():
     np.testing.assert_allclose(np.asarray(out["b"]["c"]), 0.001, rtol=1e-5)
 
 
+def test_ema_momentum_schedules_against_float64():
+    steps = np.arange(0, 151, 10)
+    want = 1.0 - (1.0 - 0.99) * (np.cos(np.pi * np.minimum(steps / 150.0, 1.0)) + 1.0) / 2.0
+    got = [float(objectives.ema_momentum(jnp.asarray(s), 0.99, "cosine", 150)) for s in steps]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    assert got[0] == pytest.approx(0.99) and got[-1] == pytest.approx(1.0) and np.all(np.diff(got) >= 0)
+    assert float(objectives.ema_momentum(jnp.asarray(500), 0.99, "cosine", 150)) == pytest.approx(1.0)  # past the end
+    assert float(objectives.ema_momentum(jnp.asarray(70), 0.996, "constant", 150)) == pytest.approx(0.996)
+    with pytest.raises(ValueError, match="ema_schedule"):
+        objectives.ema_momentum(0, 0.99, "linear", 150)
+
+
 @pytest.mark.parametrize("size,batch", [(10, 3), (12, 8), (6, 8), (5, 5), (200, 8)])
 def test_queue_update_is_fifo(size, batch):
     """Against a deque fed one key at a time: any K, any B (B not dividing K, B > K)."""

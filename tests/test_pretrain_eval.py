@@ -226,13 +226,13 @@ def test_evaluation_does_not_change_the_training_trajectory(tmp_path):
                                   "checkpoint_every": 2})
     on = tiny_config(eval_every=1, image_every=1, **base, **{
         "eval.phantoms": 2, "eval.at_start": True, "eval.views_per_volume": 1, "eval.random_inits": 1})
-    runs = []
-    for config in (on, tiny_config(**base)):
+    results = []
+    for config, name in ((on, "on"), (tiny_config(**base), "off")):
+        chex.clear_trace_counter()  # chex counts per function, and both tasks share PretrainTask.train_step
         task = PretrainTask(config)
         task.train_step = chex.assert_max_traces(task.train_step, n=1)  # one compile per run, evaluation or not
-        runs.append(task)
-    r_on = loop.run(runs[0], tmp_path / "on")
-    loop.run(runs[1], tmp_path / "off")
+        results.append(loop.run(task, tmp_path / name))
+    r_on = results[0]
     a, _ = load_params(tmp_path / "on")
     b, _ = load_params(tmp_path / "off")
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):

@@ -65,7 +65,7 @@ def eight_and_one_device_agree(config, batches, many=8):
 @pytest.mark.parametrize("field,value", [
     ("batch_size", 3), ("model.dtype", "float16"), ("data.crop_size", 48),
     ("data.roi_large", (64, 64, 64)), ("optim.lr", 0.0), ("model.feature_size", 13),
-    ("ssl.match", "hungarian"), ("ssl.temperature", 0.0),
+    ("ssl.match", "hungarian"), ("ssl.temperature", 0.0), ("ssl.ema_schedule", "linear"),
 ])
 def test_validate_names_the_field(field, value):
     c = tiny_config(**{"batch_size": 2, field: value})

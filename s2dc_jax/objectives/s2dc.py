@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from s2dc_jax.objectives import correspondence, heads, matching, views
+from s2dc_jax.objectives.teacher import EMA_SCHEDULES
 
 MATCHES = ("sinkhorn", "dual_softmax")
 BATCH_KEYS = ("image", "full_affine", "full_shift", "crop_affine", "crop_shift", "global_index")
@@ -24,6 +25,7 @@ def default_ssl_config() -> ml_collections.ConfigDict:
     c.global_temperature = 0.9     # InfoNCE temperature of the global (crop-level) contrast
     c.global_normalize = True      # L2-normalise global features (the reference does not)
     c.ema_momentum = 0.999         # teacher = m * teacher + (1 - m) * student before each step
+    c.ema_schedule = "constant"    # 'constant' (reference) | 'cosine': m rises from ema_momentum to 1 over the run
     c.w_p2p = 0.5                  # weight of the patch-to-patch (optimal transport) loss
     c.w_p2s = 0.5                  # weight of the patch-to-structure (Sharpe ratio) loss
     c.w_global = 0.5               # weight of the global InfoNCE loss with the key queue
@@ -47,6 +49,8 @@ def validate_ssl_config(cfg) -> None:
     need(cfg.temperature > 0, "temperature", f"must be > 0, got {cfg.temperature}")
     need(cfg.global_temperature > 0, "global_temperature", f"must be > 0, got {cfg.global_temperature}")
     need(cfg.queue_size >= 1, "queue_size", f"must be >= 1, got {cfg.queue_size}")
+    schedule = getattr(cfg, "ema_schedule", "constant")
+    need(schedule in EMA_SCHEDULES, "ema_schedule", f"must be one of {EMA_SCHEDULES}, got {schedule!r}")
 
 
 def _pool_tokens(feats: jax.Array) -> jax.Array:

@@ -7,6 +7,25 @@ import jax.numpy as jnp
 from s2dc_jax.objectives.heads import l2_normalize
 
 
+EMA_SCHEDULES = ("constant", "cosine")
+
+
+def ema_momentum(step, base: float, schedule: str, total_steps: int) -> jax.Array:
+    """The teacher's momentum at ``step`` (0-based): ``base`` throughout, or rising to 1 along a half cosine.
+
+    'cosine' is BYOL's and DINO's schedule, ``1 - (1 - base) * (cos(pi * step / total_steps) + 1) / 2``:
+    the teacher follows the student closely at first and freezes at the end, so a short run's
+    teacher leaves its random init instead of staying near it (0.999 moves 14% of the way in 150 steps).
+    """
+    if schedule not in EMA_SCHEDULES:
+        raise ValueError(f"ssl.ema_schedule must be one of {EMA_SCHEDULES}, got {schedule!r}")
+    base = jnp.asarray(base, jnp.float32)
+    if schedule == "constant":
+        return base
+    t = jnp.clip(jnp.asarray(step, jnp.float32) / max(int(total_steps), 1), 0.0, 1.0)
+    return 1.0 - (1.0 - base) * (jnp.cos(jnp.pi * t) + 1.0) / 2.0
+
+
 def ema_update(teacher, student, momentum: float):
     """``momentum * teacher + (1 - momentum) * student``, leaf by leaf over matching pytrees."""
     return jax.tree.map(lambda t, s: momentum * t + (1.0 - momentum) * jax.lax.stop_gradient(s),

@@ -38,7 +38,9 @@ def train_step(state: dict, batch: dict, *, config: ml_collections.ConfigDict, e
     encode = make_encode(config, encoder)
 
     # docs/method.md section 2: before each step the teacher moves towards the student.
-    teacher = objectives.ema_update(state["teacher"], state["params"], config.ssl.ema_momentum)
+    momentum = objectives.ema_momentum(state["step"], config.ssl.ema_momentum,
+                                       config.ssl.get("ema_schedule", "constant"), config.total_steps)
+    teacher = objectives.ema_update(state["teacher"], state["params"], momentum)
 
     def loss_fn(params):
         return objectives.s2dc_loss(params, teacher, encode, batch, state["queue"], config.ssl,
@@ -53,5 +55,5 @@ def train_step(state: dict, batch: dict, *, config: ml_collections.ConfigDict, e
     queue, queue_ptr = objectives.queue_update(state["queue"], state["queue_ptr"], keys_all)
 
     metrics = aux["metrics"]  # already averaged over the devices by s2dc_loss
-    metrics = dict(metrics, grad_norm=optax.tree.norm(grads), lr=schedule(state["step"]))
+    metrics = dict(metrics, grad_norm=optax.tree.norm(grads), lr=schedule(state["step"]), ema_momentum=momentum)
     return dict(state, params=params, teacher=teacher, opt_state=opt_state, queue=queue, queue_ptr=queue_ptr), metrics
