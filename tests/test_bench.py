@@ -36,6 +36,7 @@ def test_failed_rows_are_shown_and_left_out_of_the_ratios():
     assert "The step is" not in out
 
 
+@pytest.mark.slow
 def test_loop_row_and_a_failing_baseline_on_a_tiny_config():
     """The loop row is timed from its log (no checkpoint save in the window); a baseline that fails is a row."""
     from test_train import tiny_config

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 from s2dc_jax.data.phantoms import write_phantom_dataset
 from s2dc_jax.tasks.finetune import FinetuneTask
@@ -27,6 +28,7 @@ def test_pretraining_dry_run_names_a_bad_file_before_anything_compiles(tmp_path)
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_finetuning_dry_run_compiles_and_times_one_step(tmp_path):
     dl = write_phantom_dataset(tmp_path / "data", num=2, num_val=1, modality="ct", shape=(32, 32, 32), seed=0,
                                targets=False)

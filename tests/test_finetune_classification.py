@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -25,6 +26,7 @@ from test_finetune_segmentation import REPO, finetune  # noqa: E402
 from s2dc_jax.data.phantoms import write_phantom_dataset  # noqa: E402
 
 
+@pytest.mark.slow
 def test_classification_beats_untrained(tmp_path):
     # Classes: 0 normal, 1 focal liver lesions, 2 diffuse liver change; 45 scans -> 30 training, 15 validation.
     dl = write_phantom_dataset(tmp_path / "data", num=45, modality="ct", shape=(32, 32, 32), seed=1,
@@ -62,6 +64,7 @@ def _probs(workdir):
                      for row in (workdir / "predictions" / "predictions.csv").read_text().splitlines()[1:]])
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process_with_two_devices(tmp_path):
     """Multi-host fine-tuning: 2 processes x 1 device train the same model as 1 process x 2 devices."""
     common = (*_tiny_set(tmp_path), "total_steps=3")

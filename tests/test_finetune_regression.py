@@ -13,6 +13,7 @@ from test_finetune_segmentation import finetune  # noqa: E402
 from s2dc_jax.data.phantoms import write_phantom_dataset  # noqa: E402
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config,modality", [("brats23_t1_t2.py", "mri"), ("udpet.py", "pet")])
 def test_regression_beats_untrained(tmp_path, config, modality):
     dl = write_phantom_dataset(tmp_path / "data", num=3, num_val=1, modality=modality, shape=(32, 32, 32),

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import nibabel as nib
 import numpy as np
+import pytest
 import torch
 from monai.networks.nets import SwinUNETR as MonaiSwinUNETR
 
@@ -41,6 +42,7 @@ def run_entry(script, config, workdir, *overrides, devices=2, timeout=900):
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_segmentation_learns_and_exports_to_monai(tmp_path):
     # LPS files exercise reorientation on the way in and on the way out.
     dl = write_phantom_dataset(tmp_path / "data", num=4, num_val=1, modality="ct", shape=(48, 48, 32), seed=0,

@@ -54,6 +54,7 @@ def test_grouped_step_equals_plain_step(plain, group, policy):
     assert rel(grads, grads0) <= 1e-5
 
 
+@pytest.mark.slow
 def test_bfloat16_grouped_step_is_close_to_the_plain_bfloat16_step(plain):
     """bf16 compute: one crop per group vs all at once within 1e-2 (loss, relative) and 0.3 (gradient
     norm; 0.19 measured on the CPU: bf16 sums in a different order per group size);
@@ -67,6 +68,7 @@ def test_bfloat16_grouped_step_is_close_to_the_plain_bfloat16_step(plain):
     assert abs(float(loss) - float(loss32)) <= 0.02 * abs(float(loss32))
 
 
+@pytest.mark.slow
 def test_grouped_data_parallel_equals_one_device():
     """One crop per group: 2 devices and 1 device give the same loss and parameters (8 vs 1: test_train.py)."""
     c = tiny_config(batch_size=2, **{"optim.lr": 1e-4, "model.crop_group": 1})
@@ -101,6 +103,7 @@ def test_grouped_encode_handles_pytrees_and_keeps_order():
         np.testing.assert_array_equal(out[k], ref[k])
 
 
+@pytest.mark.slow
 def test_memory_benchmark_sees_the_grouping(capsys, tmp_path):
     """Compiled, not run: one crop per group needs fewer temporaries than all crops at once."""
     one = memory.analyse(tiny_config(**{"model.crop_group": 1}), 1)

@@ -132,6 +132,7 @@ def test_fixed_views_depend_on_seed_and_index_only(tmp_path):
     assert a.image.shape == (6, *c.data.roi_large, 1) and len({tuple(x) for x in a.affine}) == 6
 
 
+@pytest.mark.slow
 def test_evaluation_is_the_same_on_one_and_four_devices(tmp_path):
     path = data.write_phantom_dataset(tmp_path, num=3, modality="ct", shape=(64, 64, 32), labels=False, targets=False)
     paths = [r["image"] for r in data.read_datalist(path)]
@@ -217,6 +218,7 @@ def test_held_out_phantoms_are_probed_only_with_scikit_learn(tmp_path, monkeypat
     assert any("no linear probe" in s for s in lines) != have_sklearn
 
 
+@pytest.mark.slow
 def test_evaluation_does_not_change_the_training_trajectory(tmp_path):
     """2 steps through the loop with held-out evaluation, probe and pictures every step, and without: same params.
 

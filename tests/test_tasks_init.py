@@ -47,6 +47,7 @@ def _monai(c):
     return m
 
 
+@pytest.mark.slow
 def test_init_torch_pt_matches_monai_forward(tmp_path):
     c = _seg_config()
     ref = _monai(c)

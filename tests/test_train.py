@@ -95,6 +95,7 @@ def test_presets(name, modality, match, queue):
         mod.get_config("huge")
 
 
+@pytest.mark.slow
 def test_data_parallel_is_exact():
     """8 devices and 1 device, same global batch of 8: same losses and parameters after 3 steps."""
     # lr 1e-4: float32 gradients differ by ~5e-5 relative between the two summation orders,
