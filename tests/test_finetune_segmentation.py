@@ -67,7 +67,8 @@ def test_segmentation_learns_and_exports_to_monai(tmp_path):
 
     # The fine-tuned SwinUNETR in PyTorch: strict load into MONAI, the same logits as ours.
     params, _ = load_params(work / "best")
-    x = np.random.default_rng(0).normal(size=(1, 64, 64, 64, 1)).astype(np.float32)
+    # 64x32x32: two voxels at the bottleneck, enough for MONAI's instance norms, a quarter of 64^3's compute
+    x = np.random.default_rng(0).normal(size=(1, 64, 32, 32, 1)).astype(np.float32)
     ours = np.asarray(jax.jit(task.model.apply)({"params": params}, jnp.asarray(x)))
     c = task.config.model
     for name in ("m.safetensors", "m.pt"):
