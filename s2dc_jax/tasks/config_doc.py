@@ -18,14 +18,14 @@ from pathlib import Path
 
 import ml_collections
 
-from s2dc_jax._cli import load_config
+from s2dc_jax._cli import CONFIG_DIRS, load_config
 
 from s2dc_jax.data import pipeline
 from s2dc_jax.data.view_params import ViewRanges
 from s2dc_jax.objectives import s2dc
 from s2dc_jax.tasks import finetune_config, pretrain_config, pretrain_eval
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS = CONFIG_DIRS[0]  # the checkout's configs/: this generator writes the checkout's docs/config.md
 _ASSIGN = re.compile(r"^\s*((?:c\.[\w.]+\s*,\s*)*c\.[\w.]+)\s*=")
 
 
