@@ -18,3 +18,9 @@ if _flag not in os.environ.get("XLA_FLAGS", ""):
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The slow tests first: pytest-xdist hands tests out in this order, so the minutes-long ones
+    start early on both workers and the run does not end on one of them while the other idles."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: file order otherwise

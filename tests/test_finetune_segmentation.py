@@ -48,16 +48,18 @@ def test_segmentation_learns_and_exports_to_monai(tmp_path):
     dl = write_phantom_dataset(tmp_path / "data", num=4, num_val=1, modality="ct", shape=(48, 48, 32), seed=0,
                                targets=False, orientations=("LPS", "RAS"))
     work = tmp_path / "run"
-    r, task = finetune("btcv.py:tiny", work, f"data.datalist={dl}", "model.out_channels=6", "total_steps=80",
-                       "eval_every=80", "num_devices=2", "optim.lr=0.002", "eval.at_start=True")
+    r, task = finetune("btcv.py:tiny", work, f"data.datalist={dl}", "model.out_channels=6", "total_steps=40",
+                       "eval_every=40", "num_devices=2", "optim.lr=0.004", "eval.at_start=True")
     evals = dict(r["history"])
-    start, end = evals[0]["dice"], evals[80]["dice"]
-    print(f"segmentation mean Dice: untrained {start:.4f} -> 80 steps {end:.4f}")
-    assert end > start + 0.15, (start, end)
+    start, end = evals[0]["dice"], evals[40]["dice"]
+    print(f"segmentation mean Dice: untrained {start:.4f} -> 40 steps {end:.4f}")
+    # measured 0.012 -> 0.189 (one organ segmented, another begun; 0.36 after 80 steps): a broken loss or
+    # label path stays near the untrained score
+    assert end > start + 0.1, (start, end)
     # Workdir contract: config, log, TensorBoard, latest and best checkpoints, NIfTI predictions.
     assert json.loads((work / "config.json").read_text())["task"] == "segmentation"
     assert (work / "log.txt").is_file() and any((work / "tensorboard").iterdir())
-    assert (work / "checkpoints" / "80").is_dir() and (work / "best" / "80").is_dir()
+    assert (work / "checkpoints" / "40").is_dir() and (work / "best" / "40").is_dir()
     src = json.loads(Path(dl).read_text())["validation"][0]["image"]
     src_img = nib.load(Path(dl).parent / src)
     pred = nib.load(work / "predictions" / (Path(src).name.replace(".nii.gz", "") + "_seg.nii.gz"))
@@ -81,7 +83,7 @@ def test_segmentation_learns_and_exports_to_monai(tmp_path):
             theirs = net(torch.from_numpy(np.moveaxis(x, -1, 1))).numpy()
         np.testing.assert_allclose(np.moveaxis(theirs, 1, -1), ours, atol=1e-4, rtol=0, err_msg=name)
     # The workdir itself and a step folder export too (the latest step: the same params here).
-    for ck in (work, work / "checkpoints" / "80"):
+    for ck in (work, work / "checkpoints" / "40"):
         assert export(str(ck), str(tmp_path / "w.safetensors"), what="swinunetr", parity=False)["keys"] == len(sd)
 
 

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_train import eight_and_one_device_agree, random_batch, tiny_config
+from test_train import random_batch, tiny_config
 
 from s2dc_jax import objectives
 from s2dc_jax.bench import memory
@@ -44,9 +44,10 @@ def plain():
     return c, batch, loss_and_grads(c, batch)
 
 
-@pytest.mark.parametrize("group,policy", [(1, "full"), (2, "dots"), (4, "auto")])
+@pytest.mark.xdist_group("plain_step")  # one worker computes the `plain` fixture (README: --dist loadgroup)
+@pytest.mark.parametrize("group,policy", [(1, "full"), (2, "dots")])
 def test_grouped_step_equals_plain_step(plain, group, policy):
-    """fp32: loss within 1e-5, gradients within 1e-5 relative norm, for groups of 1, 2 and 4 of 8 crops."""
+    """fp32: loss within 1e-5, gradients within 1e-5 relative norm, for groups of 1 and 2 of 8 crops."""
     _, batch, (loss0, grads0) = plain
     cg = tiny_config(batch_size=2, **{"model.crop_group": group, "model.remat_policy": policy})
     loss, grads = loss_and_grads(cg, batch)
@@ -55,25 +56,16 @@ def test_grouped_step_equals_plain_step(plain, group, policy):
 
 
 @pytest.mark.slow
-def test_bfloat16_grouped_step_is_close_to_the_plain_bfloat16_step(plain):
-    """bf16 compute: one crop per group vs all at once within 1e-2 (loss, relative) and 0.3 (gradient
-    norm; 0.19 measured on the CPU: bf16 sums in a different order per group size);
-    the bf16 loss within 2% of the fp32 loss."""
-    _, batch, (loss32, _) = plain
-    loss0, grads0 = loss_and_grads(tiny_config(batch_size=2, **PLAIN, **{"model.dtype": "bfloat16"}), batch)
+@pytest.mark.xdist_group("plain_step")
+def test_bfloat16_grouped_step_is_close_to_the_plain_fp32_step(plain):
+    """bf16 compute, one crop per group, against fp32 with all crops at once: loss within 1% (relative;
+    0.07% measured on the CPU), gradients within 0.3 relative norm (0.17 measured: bf16 rounding of
+    the activations; a wrong reduction or a lost group is off by O(1))."""
+    _, batch, (loss32, grads32) = plain
     loss, grads = loss_and_grads(tiny_config(batch_size=2, **{"model.dtype": "bfloat16", "model.crop_group": 1}),
                                  batch)
-    assert abs(float(loss) - float(loss0)) <= 1e-2 * abs(float(loss0))
-    assert rel(grads, grads0) <= 0.3
-    assert abs(float(loss) - float(loss32)) <= 0.02 * abs(float(loss32))
-
-
-@pytest.mark.slow
-def test_grouped_data_parallel_equals_one_device():
-    """One crop per group: 2 devices and 1 device give the same loss and parameters (8 vs 1: test_train.py)."""
-    c = tiny_config(batch_size=2, **{"optim.lr": 1e-4, "model.crop_group": 1})
-    batches = [random_batch(0, 2, c.data.roi_large, c.data.crop_size)]
-    eight_and_one_device_agree(c, batches, many=2)
+    assert abs(float(loss) - float(loss32)) <= 1e-2 * abs(float(loss32))
+    assert rel(grads, grads32) <= 0.3
 
 
 def test_group_size_choice():
@@ -93,6 +85,15 @@ def test_group_size_choice():
         config_lib.validate(tiny_config(**{"model.crop_group": -1}), device_count=1)
 
 
+@pytest.mark.parametrize("group,remat", [(2, True), (6, False)])
+def test_auto_policy_recomputes_only_when_grouped(group, remat):
+    """remat_policy 'auto': groups are rematerialised (the memory bound), one group is not (no extra work)."""
+    model = tiny_config(**{"model.crop_group": group, "model.remat_policy": "auto"}).model
+    encode = grouped(lambda p, x: x * p, model=model, crop_size=32)
+    jaxpr = str(jax.make_jaxpr(jax.grad(lambda p, x: jnp.sum(encode(p, x))))(2.0, jnp.ones((6, 2))))
+    assert ("remat" in jaxpr or "checkpoint" in jaxpr) == remat
+
+
 def test_grouped_encode_handles_pytrees_and_keeps_order():
     fn = lambda p, x: {"a": x * p, "b": jnp.sum(x, axis=(1, 2))}
     model = tiny_config(**{"model.crop_group": 2}).model
@@ -106,7 +107,7 @@ def test_grouped_encode_handles_pytrees_and_keeps_order():
 @pytest.mark.slow
 def test_memory_benchmark_sees_the_grouping(capsys, tmp_path):
     """Compiled, not run: one crop per group needs fewer temporaries than all crops at once."""
-    one = memory.analyse(tiny_config(**{"model.crop_group": 1}), 1)
+    one = memory.analyse(tiny_config(**{"model.crop_group": 1, "model.use_v2": True}), 1)  # ct1k.py:tiny, grouped
     spec = importlib.util.spec_from_file_location("benchmark", REPO / "launch" / "benchmark.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

@@ -12,6 +12,7 @@ from monai.networks.nets import SwinUNETR as MonaiSwinUNETR
 from s2dc_jax.data import io
 from s2dc_jax.interop import flatten_params
 from s2dc_jax.interop.workdir import load_params
+from s2dc_jax.models import init_key
 from s2dc_jax.tasks import data as task_data
 from s2dc_jax.tasks import finetune_config as task_config
 from s2dc_jax.tasks.finetune import FinetuneTask
@@ -31,7 +32,7 @@ def _seg_config(in_channels=1, out_channels=3):
 def _fresh(c, seed=0):
     model = build_unetr(c)
     x = jnp.zeros((1, 32, 32, 32, c.model.in_channels))
-    return model, model.init(jax.random.PRNGKey(seed), x)["params"]
+    return model, jax.jit(model.init)(init_key(jax.random.PRNGKey(seed)), x)["params"]  # as the task does
 
 
 def _monai(c):
@@ -118,14 +119,15 @@ def test_init_errors_name_the_field(tmp_path):
 
 @pytest.mark.slow  # one real pretraining step: a minute on a loaded 2-core CPU
 def test_init_checkpoint_from_pretrain_workdir(tmp_path):
-    # A real workdir of the training loop (demo config, one step).
+    # A real workdir of the training loop (the demo's architecture, one step on 4 crops, no evaluation).
     from s2dc_jax.tasks.pretrain import PretrainTask
     from s2dc_jax.training import loop
     from s2dc_jax.training.cli import load_config
 
     work = tmp_path / "pre"
     d = load_config(str(REPO / "configs" / "demo.py"), ["total_steps=1", "checkpoint_every=1", "data.phantoms=2",
-                                                      "batch_size=2", "num_devices=2"])
+                                                      "batch_size=2", "num_devices=2", "data.roi_large=(64,64,32)",
+                                                      "eval_every=0", "image_every=0", "eval.at_start=False"])
     loop.run(PretrainTask(d), work)
     student, step = load_params(work)
     c = _seg_config()  # feature 12 like the demo, but heads (1, 2, 2, 4), window 7 and v2 blocks

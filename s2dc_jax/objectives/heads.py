@@ -12,6 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from s2dc_jax.models import init_key
+
 BN_EPS = 1e-5  # torch.nn.BatchNorm1d's default
 
 
@@ -72,6 +74,7 @@ def init_heads(rng: jax.Array, feat_dim: int, ssl_cfg) -> dict:
     """Params ``{"patch": ..., "global": ...}`` of the patch and global heads for ``feat_dim`` encoder features."""
     head = _head(ssl_cfg)
     k_patch, k_global = jax.random.split(rng)
+    k_patch, k_global = init_key(k_patch), init_key(k_global)
     x = jnp.zeros((2, feat_dim), jnp.float32)
     return {"patch": head.init(k_patch, x)["params"], "global": head.init(k_global, x)["params"]}
 

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from s2dc_jax.data import datalist
+from s2dc_jax.models import init_key
 from s2dc_jax.tasks import classification, regression, segmentation
 from s2dc_jax.tasks import data as task_data
 from s2dc_jax.tasks import finetune_config
@@ -98,7 +99,7 @@ class FinetuneTask(Task):
 
     def init_state(self, rng):
         x = jnp.zeros((1,) + tuple(self.config.data.roi) + (self.config.model.in_channels,), jnp.float32)
-        params = self.model.init(rng, x)["params"]
+        params = self.model.init(init_key(rng), x)["params"]
         return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": self.tx.init(params)}
 
     def initialize(self, state, log):

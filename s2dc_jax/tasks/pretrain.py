@@ -16,7 +16,7 @@ from jax.experimental import multihost_utils
 from s2dc_jax import data as data_lib
 from s2dc_jax.data import datalist as datalist_lib
 from s2dc_jax import objectives
-from s2dc_jax.models import SwinTransformer3D
+from s2dc_jax.models import SwinTransformer3D, init_key
 from s2dc_jax.tasks.base import Task, build_encoder, make_optimizer
 from s2dc_jax.tasks import pretrain_eval
 from s2dc_jax.tasks.pretrain_config import validate
@@ -46,7 +46,7 @@ def init_state(config, encoder: SwinTransformer3D, tx, rng: jax.Array) -> dict:
     rng, k_enc, k_head, k_queue = jax.random.split(rng, 4)
     c = config.data.crop_size
     x = jnp.zeros((1, c, c, c, config.model.in_channels), jnp.float32)
-    enc = encoder.init(k_enc, x)["params"]
+    enc = encoder.init(init_key(k_enc), x)["params"]
     feat_dim = encoder.feature_size * 16  # the last of the four stages doubles the width four times
     params = {"encoder": enc, "heads": objectives.init_heads(k_head, feat_dim, config.ssl)}
     return {
