@@ -1,4 +1,6 @@
-"""Classification fine-tuning on CT phantoms (3 classes, 3-fold split); several processes; preemption; resume.
+"""Classification fine-tuning on CT phantoms (3 classes, 3-fold split); several processes; resume.
+
+SIGTERM and kill -9 are the loop's, the same for every task: test_train_runs.py.
 
 The classes differ only inside the liver (s2dc_jax.data.phantoms: bright focal lesions, or
 a diffusely darker liver), so the test reads them through the abdominal window the way a
@@ -9,10 +11,7 @@ import json
 import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -33,10 +32,10 @@ def test_classification_beats_untrained(tmp_path):
                                labels=False, targets=False)
     work = tmp_path / "run"
     r, _ = finetune("cc_ccii.py:tiny", work, f"data.datalist={dl}", "data.target_key=class", "data.a_min=-175",
-                    "data.a_max=250", "data.flip_prob=0", "total_steps=80", "eval_every=40", "num_devices=2",
+                    "data.a_max=250", "data.flip_prob=0", "total_steps=80", "eval_every=80", "num_devices=2",
                     "batch_size=8", "eval.at_start=True", "model.use_v2=False")
     evals = dict(r["history"])
-    assert sorted(evals) == [0, 40, 80]
+    assert sorted(evals) == [0, 80]
     start, end = evals[0], evals[80]
     print(f"classification: untrained accuracy {start['accuracy']:.3f} AUC {start['auc']:.3f} -> "
           f"80 steps accuracy {end['accuracy']:.3f} AUC {end['auc']:.3f}")
@@ -84,28 +83,6 @@ def test_two_processes_match_one_process_with_two_devices(tmp_path):
     one, two = _train_line(tmp_path / "one", 3), _train_line(tmp_path / "two", 3)
     for k in ("train/loss", "train/grad_norm"):
         np.testing.assert_allclose(two[k], one[k], rtol=1e-5)
-
-
-def test_sigterm_saves_says_so_and_the_rerun_resumes(tmp_path):
-    work, common = tmp_path / "run", _tiny_set(tmp_path)
-    cmd = [sys.executable, str(REPO / "launch" / "finetune.py"), f"--config={REPO}/configs/finetune/cc_ccii.py:tiny",
-           f"--workdir={work}", *(f"--config.{o}" for o in common), "--config.total_steps=1000",
-           "--config.checkpoint_every=2", "--config.eval_every=1000"]
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 600
-    while time.time() < deadline and proc.poll() is None and not (work / "checkpoints" / "2").is_dir():
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    out = proc.communicate(timeout=300)[0]
-    assert proc.returncode == 128 + signal.SIGTERM, out[-3000:]  # not 0: a scheduler must not see "finished"
-    saved = re.search(r"preempted \(SIGTERM\): saved step (\d+)", out)
-    assert saved, out[-3000:]
-    n = int(saved.group(1))
-    assert 2 <= n < 1000 and (work / "checkpoints" / str(n)).is_dir()
-    assert out.rstrip().splitlines()[-1].startswith("preempted (SIGTERM): saved step")
-    r, _ = finetune("cc_ccii.py:tiny", work, *common, f"total_steps={n + 2}", f"eval_every={n + 2}")
-    assert f"resumed from step {n}" in (work / "log.txt").read_text() and [s for s, _ in r["history"]] == [n + 2]
 
 
 def test_resume_when_the_best_checkpoint_is_newer_than_the_latest(tmp_path):

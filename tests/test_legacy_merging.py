@@ -165,8 +165,9 @@ def _random_params(model, seed):
 
 
 @needs_torch
-@pytest.mark.parametrize("rule", ["monai", "legacy"])
-def test_encoder_parity_both_rules_both_directions(rule):
+def test_legacy_encoder_parity_both_directions():
+    """The legacy rule against MONAI 1.2's merging, both ways (the default rule: test_models_parity.py)."""
+    rule = "legacy"
     x = np.random.RandomState(1).randn(1, *SHAPE, 1).astype(np.float32)
     model = SwinTransformer3D(**SMALL, merging=rule)
 
