@@ -144,15 +144,18 @@ def test_parameter_gradients_match_torch_autograd():
         return sum(jnp.sum(o * w) for o, w in zip(outs, weights))
 
     grads = jax.jit(jax.grad(scalar))(params)
-    outs = tm(_to_torch(x))
-    loss = sum((o * torch.from_numpy(w).permute(0, 4, 1, 2, 3)).sum() for o, w in zip(outs, weights))
+    # The reference in float64: MONAI's float32 conv backward sums the patch embedding's
+    # gradient in an order that depends on its threads (3.4e-3 off once on a loaded CI run).
+    tm = tm.double()
+    outs = tm(_to_torch(x).double())
+    loss = sum((o * torch.from_numpy(w).double().permute(0, 4, 1, 2, 3)).sum() for o, w in zip(outs, weights))
     loss.backward()
     torch_grads = {k: p.grad.numpy() for k, p in tm.named_parameters()}
     ours = to_monai(grads, encoder_prefix="")
     assert set(torch_grads) <= set(ours)
     for k, g in torch_grads.items():
         rel = np.linalg.norm(ours[k] - g) / max(np.linalg.norm(g), 1e-12)
-        assert rel <= 1e-3, f"{k}: relative gradient error {rel:.2e}"
+        assert rel <= 1e-4, f"{k}: relative gradient error {rel:.2e}"  # 2e-6 measured
     assert len(torch_grads) > 50
 
 
