@@ -2,7 +2,7 @@
 
   python launch/benchmark.py data [--shape 512 512 300] [--roi 384 384 96] [--repeats 3] [--workdir /tmp/s2dc_bench]
   python launch/benchmark.py pretrain --config configs/ct1k.py [--set model.crop_group=1 ...] [--steps 5]
-      [--frameworks jax loop torch] [--baseline model.remat_policy=none ...] [--peak-tflops T]
+      [--frameworks jax loop torch] [--baseline model.remat_policy=none ...] [--peak-tflops T] [--profile 2]
   python launch/benchmark.py memory --config configs/ct1k.py [--set model.dtype=bfloat16] [--parts] [--buffers 10]
 
 ``data``: host CPU-seconds per volume from a CT-like NIfTI (.nii.gz and .nii) to the
@@ -58,8 +58,15 @@ def _pretrain(args) -> int:
         baseline = load_config(args.config, args.set + args.baseline)
         validate(baseline, device_count=1)
     results = bench.compare(config, steps=args.steps, warmup=args.warmup, frameworks=args.frameworks,
-                            baseline=baseline, baseline_label=" ".join(args.baseline), peak=args.peak_tflops)
+                            baseline=baseline, baseline_label=" ".join(args.baseline), peak=args.peak_tflops,
+                            profile=args.profile)
     print(bench.format_table(results))
+    for r in results:
+        if r.get("profile"):
+            from s2dc_jax.bench.profile import format_table
+
+            print(f"\nwhere the time of {r['framework']} goes, {args.profile} steps under the JAX profiler:")
+            print(format_table(r["profile"], r["step_s"], r.get("peak_tflops")))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"config": args.config, "overrides": args.set, "baseline": args.baseline,
@@ -89,6 +96,9 @@ def add_pretrain(sub) -> None:
                         "--baseline model.remat_policy=none")
     p.add_argument("--peak-tflops", type=float, help="the device's peak TFLOP/s for the MFU column "
                    "(default: known GPUs by name, s2dc_jax/bench/pretrain.py PEAK_TFLOPS; e.g. 0.157 for 2 cores)")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="also run N steps of each bare JAX step under the JAX profiler and print its time and "
+                        "FLOPs by part (patch embedding, attention per stage, ..., backward of each, optimiser)")
     p.add_argument("--json", help="also write the results here")
     p.set_defaults(func=_pretrain)
 

@@ -68,13 +68,20 @@ def eight_and_one_device_agree(config, batches):
 
 @pytest.mark.parametrize("field,value", [
     ("batch_size", 3), ("model.dtype", "float16"), ("data.crop_size", 48),
-    ("data.roi_large", (64, 64, 64)), ("optim.lr", 0.0), ("model.feature_size", 13),
+    ("data.roi_large", (64, 64, 64)), ("optim.lr", 0.0), ("model.num_heads", (1, 1, 5, 2)),
     ("ssl.match", "hungarian"), ("ssl.temperature", 0.0), ("ssl.ema_schedule", "linear"),
 ])
 def test_validate_names_the_field(field, value):
     c = tiny_config(**{"batch_size": 2, field: value})
     with pytest.raises(ValueError, match=f"config.{field}"):
         config_lib.validate(c, device_count=2)
+
+
+def test_heads_split_each_stage():
+    """Stage i has feature_size * 2**i channels: feature 12 with the paper's heads (3, 6, 12, 24) is valid."""
+    config_lib.validate(tiny_config(**{"model.num_heads": (3, 6, 12, 24)}), device_count=1)
+    with pytest.raises(ValueError, match="stage 2 has 24 channels"):
+        config_lib.validate(tiny_config(**{"model.num_heads": (3, 9, 12, 24)}), device_count=1)
 
 
 @pytest.mark.parametrize("name,modality,match,queue", [

@@ -63,8 +63,12 @@ def _peak_rss_bytes():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def time_jax(config, steps: int, warmup: int) -> dict:
-    """Mean seconds per step of the jit'd shard_map step on all local devices."""
+def time_jax(config, steps: int, warmup: int, profile: int = 0) -> dict:
+    """Median seconds per step of the jit'd shard_map step on all local devices.
+
+    ``profile``: after the timed steps, run this many more under the JAX profiler and add
+    ``"profile"``, the step's time and FLOPs by part (bench/profile.py).
+    """
     import jax
 
     from s2dc_jax.tasks.pretrain import PretrainTask
@@ -91,10 +95,22 @@ def time_jax(config, steps: int, warmup: int) -> dict:
     dev = jax.devices()[0]
     stats = dev.memory_stats() if dev.platform == "gpu" else None
     peak = stats["peak_bytes_in_use"] if stats else _peak_rss_bytes()
-    return {"framework": "jax", "device": f"{n_dev} x {dev.device_kind}",
-            "device_kind": dev.device_kind, "step_s": float(np.median(times)), "warmup_s": t_compile,
-            "peak_bytes": int(peak), "peak_kind": "device" if stats else "host RSS", "loss": float(m["loss"]),
-            "flops_per_device": _step_flops(config, n_dev)}
+    out = {"framework": "jax", "device": f"{n_dev} x {dev.device_kind}",
+           "device_kind": dev.device_kind, "step_s": float(np.median(times)), "warmup_s": t_compile,
+           "peak_bytes": int(peak), "peak_kind": "device" if stats else "host RSS", "loss": float(m["loss"]),
+           "flops_per_device": _step_flops(config, n_dev)}
+    if profile:
+        from s2dc_jax.bench.profile import profile_table
+
+        compiled = step.lower(state, batches[0]).compile()  # the executable the steps ran (jit's cache)
+        holder = {"state": state}
+
+        def one_step():
+            holder["state"], metrics = compiled(holder["state"], batches[0])
+            jax.block_until_ready(metrics)
+
+        out["profile"] = profile_table(compiled, one_step, steps=profile)
+    return out
 
 
 def _step_flops(config, n_devices: int) -> float:
@@ -173,7 +189,7 @@ def time_torch(config, steps: int, warmup: int) -> dict:
             "loss": float(loss)}
 
 
-def child(framework: str, config_json: str, steps: int, warmup: int) -> None:
+def child(framework: str, config_json: str, steps: int, warmup: int, profile: int = 0) -> None:
     """Entry of one child process: time one framework, print one JSON line."""
     import ml_collections
 
@@ -181,16 +197,21 @@ def child(framework: str, config_json: str, steps: int, warmup: int) -> None:
     for k in ("depths", "num_heads"):
         config.model[k] = tuple(config.model[k])
     config.data.roi_large = tuple(config.data.roi_large)
-    fn = {"jax": time_jax, "loop": time_loop, "torch": time_torch}[framework]
-    print("RESULT " + json.dumps(fn(config, steps, warmup)), flush=True)
+    if framework == "jax":
+        res = time_jax(config, steps, warmup, profile)
+    else:
+        res = {"loop": time_loop, "torch": time_torch}[framework](config, steps, warmup)
+    print("RESULT " + json.dumps(res), flush=True)
 
 
 def compare(config, steps: int = 5, warmup: int = 2, frameworks=("jax", "loop", "torch"),
-            baseline=None, baseline_label: str = "baseline", peak: float | None = None) -> list[dict]:
+            baseline=None, baseline_label: str = "baseline", peak: float | None = None,
+            profile: int = 0) -> list[dict]:
     """Run each framework in a child process on ``config``; return their result dicts.
 
     ``baseline``: a second config whose bare JAX step runs first, labelled ``jax (baseline_label)``.
     ``peak``: the device's peak TFLOP/s for the MFU (default: :data:`PEAK_TFLOPS` by device name).
+    ``profile``: profile this many steps of each bare JAX step (``result["profile"]``).
     """
     runs = [(fw, config, None) for fw in frameworks]
     if baseline is not None:  # last: an old step that does not fit (out of memory) costs no other row
@@ -198,8 +219,8 @@ def compare(config, steps: int = 5, warmup: int = 2, frameworks=("jax", "loop", 
     results = []
     for fw, cfg, label in runs:
         code = ("import sys; from s2dc_jax.bench.pretrain import child; "
-                "child(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))")
-        proc = subprocess.run([sys.executable, "-c", code, fw, cfg.to_json(), str(steps), str(warmup)],
+                "child(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))")
+        proc = subprocess.run([sys.executable, "-c", code, fw, cfg.to_json(), str(steps), str(warmup), str(profile)],
                               capture_output=True, text=True, env=os.environ.copy())
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode != 0 or not lines:
@@ -215,6 +236,7 @@ def compare(config, steps: int = 5, warmup: int = 2, frameworks=("jax", "loop", 
             r["tflops_per_s"] = r["flops_per_device"] / r["step_s"] / 1e12
             p = peak or peak_tflops(r.get("device_kind", ""), cfg.model.dtype)
             r["mfu"] = r["tflops_per_s"] / p if p else None
+            r["peak_tflops"] = p
         results.append(r)
     return results
 

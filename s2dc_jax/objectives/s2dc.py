@@ -104,16 +104,20 @@ def s2dc_loss(params: dict, teacher: dict, encode: Callable, batch: dict, queue:
     gidx = batch["global_index"].astype(jnp.int32)
     teacher = jax.lax.stop_gradient(teacher)
 
-    # Views are data, not functions of the parameters.
-    src, aug_full, aug_crop = jax.lax.stop_gradient(views.make_views(
-        image, batch["full_affine"], batch["full_shift"], batch["crop_affine"], batch["crop_shift"],
-        crop_size, scale_z=(mode == "3d")))                                       # [b, n, c, c, c, C]
+    # Views are data, not functions of the parameters. The named scopes ("views", "student",
+    # "teacher", "matching", "infonce") label the compiled ops for bench/profile.py.
+    with jax.named_scope("views"):
+        src, aug_full, aug_crop = jax.lax.stop_gradient(views.make_views(
+            image, batch["full_affine"], batch["full_shift"], batch["crop_affine"], batch["crop_shift"],
+            crop_size, scale_z=(mode == "3d")))                                   # [b, n, c, c, c, C]
     flat = lambda v: v.reshape(b * n, crop_size, crop_size, size_z, ch)          # noqa: E731
     src_key = src[jnp.arange(b), gidx]                                            # [b, c, c, c, C]
 
-    s_feat = encode(params["encoder"], flat(src))                                 # [b*n, t, t, t, F]
+    with jax.named_scope("student"):
+        s_feat = encode(params["encoder"], flat(src))                             # [b*n, t, t, t, F]
     # The three teacher passes as one call (one loop of crop groups, no gradient).
-    t_all = encode(teacher["encoder"], jnp.concatenate([flat(aug_full), flat(aug_crop), src_key]))
+    with jax.named_scope("teacher"):
+        t_all = encode(teacher["encoder"], jnp.concatenate([flat(aug_full), flat(aug_crop), src_key]))
     t_full, t_crop, t_key = t_all[:b * n], t_all[b * n:2 * b * n], t_all[2 * b * n:]  # [b*n], [b*n], [b] crops
     t = s_feat.shape[1]
     if s_feat.shape[1:4] != (t, t, t):
@@ -129,21 +133,23 @@ def s2dc_loss(params: dict, teacher: dict, encode: Callable, batch: dict, queue:
         return tok[:, None]                                                       # [b, 1, M, D]
 
     q_tok = patch_tokens(params["heads"], s_feat)
-    k_tok = patch_tokens(teacher["heads"], t_full)
-    cos = jnp.einsum("bsmd,bsnd->bsmn", q_tok, k_tok)                            # [b, S, M, M]
-    gt = correspondence.ground_truth(batch["full_affine"], (size_x, size_y, size_z), token_size, mode)
-    gt = jnp.broadcast_to(gt[:, None], cos.shape)                                # [b, S, M, M]
+    with jax.named_scope("teacher"):
+        k_tok = patch_tokens(teacher["heads"], t_full)
+    with jax.named_scope("matching"):
+        cos = jnp.einsum("bsmd,bsnd->bsmn", q_tok, k_tok)                        # [b, S, M, M]
+        gt = correspondence.ground_truth(batch["full_affine"], (size_x, size_y, size_z), token_size, mode)
+        gt = jnp.broadcast_to(gt[:, None], cos.shape)                            # [b, S, M, M]
 
-    if ssl_cfg.match == "sinkhorn":
-        log_plan = matching.sinkhorn_log(cos, ssl_cfg.bin_score, ssl_cfg.sinkhorn_iters, ssl_cfg.temperature)
-        plan = jnp.exp(log_plan[..., :-1, :-1])
-    else:
-        plan = matching.dual_softmax(cos, ssl_cfg.temperature)
-    p2p, p2p_pos, p2p_neg = (jnp.mean(x) for x in matching.match_loss(plan, gt))
-    p2s = jnp.mean(matching.sharpe_loss(cos, gt, detach_weights=getattr(ssl_cfg, "sharpe_detach", True)))
+        if ssl_cfg.match == "sinkhorn":
+            log_plan = matching.sinkhorn_log(cos, ssl_cfg.bin_score, ssl_cfg.sinkhorn_iters, ssl_cfg.temperature)
+            plan = jnp.exp(log_plan[..., :-1, :-1])
+        else:
+            plan = matching.dual_softmax(cos, ssl_cfg.temperature)
+        p2p, p2p_pos, p2p_neg = (jnp.mean(x) for x in matching.match_loss(plan, gt))
+        p2s = jnp.mean(matching.sharpe_loss(cos, gt, detach_weights=getattr(ssl_cfg, "sharpe_detach", True)))
 
-    # Correspondence accuracy: a gt pair is right when its src token's best match is its partner.
-    hits, pairs = matching.correspondence_hits(plan, gt)
+        # Correspondence accuracy: a gt pair is right when its src token's best match is its partner.
+        hits, pairs = matching.correspondence_hits(plan, gt)
 
     # ---- global loss: student src[j] vs teacher aug_crop[j], negatives from all volumes + queue
     s_glob = heads.global_head(params["heads"], _pool_tokens(s_feat), ssl_cfg, axis_name)     # [b*n, D]
@@ -152,7 +158,8 @@ def s2dc_loss(params: dict, teacher: dict, encode: Callable, batch: dict, queue:
     # statistics: the reference passes all 16 src crops, we pass only the enqueued one.
     t_pool = jnp.concatenate([_pool_tokens(t_crop), _pool_tokens(t_key)])                     # [b*n + b, F]
     mask = jnp.arange(b * n + b) < b * n
-    t_glob = heads.global_head(teacher["heads"], t_pool, ssl_cfg, axis_name, stats_mask=mask)
+    with jax.named_scope("teacher"):
+        t_glob = heads.global_head(teacher["heads"], t_pool, ssl_cfg, axis_name, stats_mask=mask)
     k_crop, keys = t_glob[:b * n].reshape(b, n, -1), t_glob[b * n:]                           # [b, n, D], [b, D]
     positive = k_crop[jnp.arange(b), gidx]                                                     # [b, D]
     if axis_name is not None:
@@ -164,7 +171,8 @@ def s2dc_loss(params: dict, teacher: dict, encode: Callable, batch: dict, queue:
     others = jnp.arange(n - 1)[None, :] + (jnp.arange(n - 1)[None, :] >= all_idx[:, None])    # [B, n-1]
     negatives = jnp.take_along_axis(all_crop, others[..., None], axis=1).reshape(-1, all_crop.shape[-1])
     negatives = jnp.concatenate([negatives, queue.astype(negatives.dtype)])                   # [B(n-1)+K, D]
-    g_loss, g_hit = matching.info_nce(query, positive, negatives, ssl_cfg.global_temperature)
+    with jax.named_scope("infonce"):
+        g_loss, g_hit = matching.info_nce(query, positive, negatives, ssl_cfg.global_temperature)
     glob = jnp.mean(g_loss)
 
     loss = ssl_cfg.w_p2p * p2p + ssl_cfg.w_p2s * p2s + ssl_cfg.w_global * glob

@@ -30,7 +30,7 @@ def pretrain_config() -> ml_collections.ConfigDict:
     c.model.in_channels = 1     # image channels per volume (1 for CT/MRI/PET as pretrained)
     c.model.feature_size = 48   # embed dim of stage 0; stage i has feature_size * 2**i channels (48 in the paper)
     c.model.depths = (2, 2, 2, 2)  # Swin blocks in each of the 4 stages
-    c.model.num_heads = (3, 6, 12, 24)  # attention heads per stage; each must divide feature_size
+    c.model.num_heads = (3, 6, 12, 24)  # attention heads per stage; stage i's feature_size * 2**i channels split among them
     c.model.window_size = 7     # attention window edge in tokens (7x7x7 windows, shifted every other block)
     c.model.patch_size = 2      # patch-embedding stride in voxels; crops must be divisible by patch_size * 16
     c.model.use_v2 = True       # MONAI SwinUNETR v2: a residual conv block before each stage (the paper uses it)
@@ -122,9 +122,10 @@ def validate(c: ml_collections.ConfigDict, device_count: int) -> None:
     need(c.model.merging in MERGING_RULES, "model.merging", f"must be one of {MERGING_RULES}, got {c.model.merging!r}")
     need(len(c.model.depths) == len(c.model.num_heads) == 4, "model.depths",
          f"depths and num_heads need 4 stages, got {c.model.depths} and {c.model.num_heads}")
-    for h in c.model.num_heads:
-        need(c.model.feature_size % h == 0, "model.feature_size",
-             f"{c.model.feature_size} is not divisible by every stage's heads {c.model.num_heads}")
+    for i, h in enumerate(c.model.num_heads):  # stage i has feature_size * 2**i channels
+        need((c.model.feature_size << i) % h == 0, "model.num_heads",
+             f"stage {i + 1} has {c.model.feature_size << i} channels (feature_size {c.model.feature_size} "
+             f"x {2 ** i}), not divisible into {h} heads")
     # The encoder downsamples by patch_size * 2**4 (stem + 4 mergings): one token per 32 voxels.
     stride = c.model.patch_size * 16
     need(c.data.crop_size % stride == 0, "data.crop_size",

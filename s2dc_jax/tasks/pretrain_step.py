@@ -40,7 +40,8 @@ def train_step(state: dict, batch: dict, *, config: ml_collections.ConfigDict, e
     # docs/method.md section 2: before each step the teacher moves towards the student.
     momentum = objectives.ema_momentum(state["step"], config.ssl.ema_momentum,
                                        config.ssl.get("ema_schedule", "constant"), config.total_steps)
-    teacher = objectives.ema_update(state["teacher"], state["params"], momentum)
+    with jax.named_scope("ema"):
+        teacher = objectives.ema_update(state["teacher"], state["params"], momentum)
 
     def loss_fn(params):
         return objectives.s2dc_loss(params, teacher, encode, batch, state["queue"], config.ssl,
@@ -48,8 +49,9 @@ def train_step(state: dict, batch: dict, *, config: ml_collections.ConfigDict, e
 
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     grads = mean_gradients(grads)
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
+    with jax.named_scope("optimizer"):
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
 
     keys_all = jax.lax.all_gather(aux["keys"], AXIS, tiled=True, to="invarying")  # f32[B_global, D]
     queue, queue_ptr = objectives.queue_update(state["queue"], state["queue_ptr"], keys_all)
