@@ -164,9 +164,12 @@ def _window_attention_core(q, k, v, bias, mask):
     logits = jnp.einsum("bwhnd,bwhmd->bwhnm", q, k) + bias.astype(q.dtype)
     if mask is not None:
         logits = logits + mask[None, :, None].astype(q.dtype)
-    # softmax in fp32 even for bf16 compute: it is the numerically fragile part
-    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
-    return jnp.einsum("bwhnm,bwhmd->bwhnd", probs, v)
+    # softmax in fp32 even for bf16 compute: it is the numerically fragile part. Its division
+    # waits until after the product with v, on d values per row instead of N.
+    logits = logits.astype(jnp.float32)
+    e = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
+    out = jnp.einsum("bwhnm,bwhmd->bwhnd", e.astype(v.dtype), v)
+    return (out / e.sum(axis=-1, keepdims=True)).astype(v.dtype)
 
 
 def _chunked_attention(q, k, v, bias, mask, chunk: int):
