@@ -7,8 +7,9 @@ parameter names mirror MONAI's (`patch_embed`, `layers1`, `blocks_0`, `attn.qkv`
 table (`s2dc_jax.interop`). MONAI quirks reproduced on purpose, because the point is
 exact parity with weights trained there:
 
-- padded tokens (zeros after `norm1`) take part in attention; only the shifted
-  regions are masked, with -100 rather than -inf;
+- padded tokens (zeros after `norm1`) take part in attention as keys and values; only
+  the shifted regions are masked, with -100 rather than -inf (MONAI then crops the padded
+  tokens' own outputs off, so we compute the attention of the kept rows only: `query_classes`);
 - a window larger than the feature map shrinks to the map (and stops shifting on
   that axis), and its relative-position index is the top-left `[:n, :n]` block of
   the full window's index, not a re-derived one.
@@ -73,16 +74,6 @@ def _partition(x: jax.Array, window: Sequence[int]) -> jax.Array:
     x = x.reshape(b, d // a0, a0, h // a1, a1, w // a2, a2, c)
     x = x.transpose(0, 1, 3, 5, 2, 4, 6, 7)
     return x.reshape(b, -1, a0 * a1 * a2, c)
-
-
-def _reverse(x: jax.Array, window: Sequence[int], dims: Sequence[int]) -> jax.Array:
-    """Inverse of `_partition`: f32[B, nW, N, C] -> f32[B, D, H, W, C]."""
-    b, _, _, c = x.shape
-    d, h, w = dims
-    a0, a1, a2 = window
-    x = x.reshape(b, d // a0, h // a1, w // a2, a0, a1, a2, c)
-    x = x.transpose(0, 1, 4, 2, 5, 3, 6, 7)
-    return x.reshape(b, d, h, w, c)
 
 
 @functools.lru_cache(maxsize=64)
