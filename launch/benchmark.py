@@ -51,6 +51,10 @@ def _pretrain(args) -> int:
     from s2dc_jax.tasks.pretrain_config import validate
     from s2dc_jax.training.cli import load_config
 
+    if args.profile < 0:
+        raise ValueError(f"--profile {args.profile}: give the number of steps to profile (0 = none)")
+    if args.profile and "jax" not in args.frameworks and not args.baseline:
+        raise ValueError("--profile profiles the bare JAX step: add jax to --frameworks")
     config = load_config(args.config, args.set)
     validate(config, device_count=1)
     baseline = None

@@ -48,3 +48,17 @@ def test_loop_row_and_a_failing_baseline_on_a_tiny_config():
     assert loop_row["framework"] == "jax loop" and loop_row["step_s"] > 0 and loop_row["flops_per_device"] > 1e8
     assert loop_row["tflops_per_s"] > 0 and loop_row["mfu"] is None  # no known peak for a CPU
     assert failed["framework"] == "jax (crop 24)" and failed["failed"].startswith("exit ")
+
+
+def test_profile_flag_needs_the_jax_step(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "launch" / "benchmark.py"
+    spec = importlib.util.spec_from_file_location("benchmark_cli", path)
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    assert cli.main(["pretrain", "--config", "configs/demo.py", "--frameworks", "torch", "--profile", "2"]) == 2
+    assert "add jax to --frameworks" in capsys.readouterr().err
+    assert cli.main(["pretrain", "--config", "configs/demo.py", "--profile", "-1"]) == 2
+    assert "--profile -1" in capsys.readouterr().err
