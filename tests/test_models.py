@@ -78,7 +78,7 @@ def test_query_classes_keep_exactly_the_rows_the_crop_keeps(size, window, shift)
     win = np.asarray(_partition(ids[None, ..., None], window))[0, ..., 0]        # [nW, N] position ids
     classes, out_index = query_classes(size, window, shift)
     assert sorted(np.concatenate([w for w, _ in classes]).tolist()) == list(range(win.shape[0]))
-    flat = np.concatenate([win[w][:, r].ravel() for w, r in classes])           # what each computed row holds
+    flat = np.concatenate([np.take_along_axis(win[w], r, 1).ravel() for w, r in classes])  # each computed row's id
     assert len(out_index) == np.prod(size) and (flat[out_index] == np.arange(np.prod(size))).all()
     assert (flat >= 0).sum() == np.prod(size)                                   # every real row computed once
     if any(p > s for p, s in zip(padded, size)):
@@ -100,8 +100,8 @@ def test_patch_matmul_is_the_strided_convolution():
 
 def test_chunked_attention_equals_unchunked():
     x = _x()
-    # window 7 on the 16^3 stage 1: 27 padded windows in classes of 8, 4, 2 and 1 (query_classes);
-    # chunks of 3 need padding in the larger classes
+    # window 7 on the 16^3 stage 1: 27 padded windows in classes of 8, 12, 6 and 1 (query_classes;
+    # all but the first with a bias per window); chunks of 3 need padding in the classes of 8 and 1
     full = SwinTransformer3D(**dict(TINY, window_size=7))
     chunked = SwinTransformer3D(**dict(TINY, window_size=7), attn_chunk=3)
     params = _params(full, x, seed=1)

@@ -122,23 +122,31 @@ def query_classes(size: tuple[int, int, int], window: tuple[int, int, int], shif
     their queries' outputs are thrown away, so the attention is computed for the kept rows only:
     at window 7 on a 16^3 map that is 4096-4913 of 9261 rows, on an 8^3 map 512 of 2744.
 
-    Returns ``(classes, out_index)``: ``classes``, a tuple of ``(windows int[w], rows int[r])``
-    (flat window ids in `_partition`'s order and flat rows within a window), every window in one
-    class; ``out_index int[X*Y*Z]``: for each position of the unpadded map in raster order, its
-    row in the classes' outputs concatenated, each class flattened as ``[w, r]``.
+    Windows with as many kept rows share one attention call (at most 4 per block, where a class
+    per row pattern would take up to 8: each call adds to the compile).
+
+    Returns ``(classes, out_index)``: ``classes``, a tuple of ``(windows int[w], rows int[w, r])``
+    (flat window ids in `_partition`'s order, and each window's flat rows within it), every
+    window in one class; ``out_index int[X*Y*Z]``: for each position of the unpadded map in raster
+    order, its row in the classes' outputs concatenated, each class flattened as ``[w, r]``.
     """
     axes = [_kept_rows(s, w, sh) for s, w, sh in zip(size, window, shift)]
     n_win = [-(-s // w) for s, w in zip(size, window)]
-    classes, where = [], {}
-    offset = 0
+    by_count: dict[int, list] = {}
     for (w0, r0), (w1, r1), (w2, r2) in itertools.product(*axes):
         wins = ((w0[:, None, None] * n_win[1] + w1[None, :, None]) * n_win[2] + w2[None, None, :]).ravel()
         rows = ((r0[:, None, None] * window[1] + r1[None, :, None]) * window[2] + r2[None, None, :]).ravel()
+        by_count.setdefault(len(rows), []).append((wins, np.broadcast_to(rows, (len(wins), len(rows)))))
+    classes, where = [], {}
+    offset = 0
+    for parts in by_count.values():
+        wins = np.concatenate([w for w, _ in parts]).astype(np.int32)
+        rows = np.concatenate([r for _, r in parts]).astype(np.int32)
         for i, w in enumerate(wins):
-            for j, r in enumerate(rows):
-                where[(int(w), int(r))] = offset + i * len(rows) + j
-        classes.append((wins.astype(np.int32), rows.astype(np.int32)))
-        offset += len(wins) * len(rows)
+            for j, r in enumerate(rows[i]):
+                where[(int(w), int(r))] = offset + i * rows.shape[1] + j
+        classes.append((wins, rows))
+        offset += rows.size
     out_index = np.empty(int(np.prod(size)), np.int32)
     grids = np.meshgrid(*[np.arange(s) for s in size], indexing="ij")
     rolled = [(g - sh) % (n * w) for g, sh, n, w in zip(grids, shift, n_win, window)]  # roll by -shift
@@ -150,8 +158,8 @@ def query_classes(size: tuple[int, int, int], window: tuple[int, int, int], shif
 
 
 def _window_attention_core(q, k, v, bias, mask):
-    """softmax(q k^T + bias + mask) v over windows: q [B, w, H, n, d]; k, v [B, w, H, N, d]; bias [H, n, N];
-    mask [w, n, N] (n query rows, N keys)."""
+    """softmax(q k^T + bias + mask) v over windows: q [B, w, H, n, d]; k, v [B, w, H, N, d]; bias [H, n, N]
+    or per window [w, H, n, N]; mask [w, n, N] (n query rows, N keys)."""
     logits = jnp.einsum("bwhnd,bwhmd->bwhnm", q, k) + bias.astype(q.dtype)
     if mask is not None:
         logits = logits + mask[None, :, None].astype(q.dtype)
@@ -173,21 +181,24 @@ def _chunked_attention(q, k, v, bias, mask, chunk: int):
     b, nw, h, nq, d = q.shape
     nc = -(-nw // chunk)
     pad = nc * chunk - nw
-    if pad:
-        padw = [(0, 0), (0, pad), (0, 0), (0, 0), (0, 0)]
-        q, k, v = (jnp.pad(t, padw) for t in (q, k, v))
-        if mask is not None:
-            mask = jnp.pad(mask, [(0, pad), (0, 0), (0, 0)])
+    per_window = bias.ndim == 4  # [w, H, n, N]: chunked with the windows
 
-    def to_chunks(t):  # [B, nc*chunk, ...] -> [nc, B, chunk, ...]
-        return jnp.moveaxis(t.reshape(b, nc, chunk, *t.shape[2:]), 1, 0)
+    def to_chunks(t, batched: bool):  # [B, w, ...] -> [nc, B, chunk, ...]; [w, ...] -> [nc, chunk, ...]
+        axis = 1 if batched else 0
+        if pad:
+            t = jnp.pad(t, [(0, pad) if i == axis else (0, 0) for i in range(t.ndim)])
+        t = t.reshape(*t.shape[:axis], nc, chunk, *t.shape[axis + 1:])
+        return jnp.moveaxis(t, axis, 0)
 
-    xs = (to_chunks(q), to_chunks(k), to_chunks(v))
+    xs = {"q": to_chunks(q, True), "k": to_chunks(k, True), "v": to_chunks(v, True)}
     if mask is not None:
-        xs = xs + (mask.reshape(nc, chunk, *mask.shape[1:]),)
-        body = lambda a: _window_attention_core(a[0], a[1], a[2], bias, a[3])  # noqa: E731
-    else:
-        body = lambda a: _window_attention_core(a[0], a[1], a[2], bias, None)  # noqa: E731
+        xs["mask"] = to_chunks(mask, False)
+    if per_window:
+        xs["bias"] = to_chunks(bias, False)
+
+    def body(a):
+        return _window_attention_core(a["q"], a["k"], a["v"], a["bias"] if per_window else bias, a.get("mask"))
+
     out = jax.lax.map(jax.checkpoint(body), xs)  # [nc, B, chunk, H, nq, d]
     out = jnp.moveaxis(out, 0, 1).reshape(b, nc * chunk, h, nq, d)
     return out[:, :nw]
@@ -246,14 +257,21 @@ class WindowAttention(nn.Module):
         qkv = qkv.reshape(b, nw, n, 3, self.num_heads, hd).transpose(3, 0, 1, 4, 2, 5)  # [3, B, nW, H, N, d]
         q, k, v = qkv[0] * (hd**-0.5), qkv[1], qkv[2]
         outs = []
-        for wins, rows in classes:
+        for wins, rows in classes:                                            # rows int[w, r]
             every_window = len(wins) == nw
             pick = (lambda t: t) if every_window else (lambda t: t[:, wins])  # noqa: E731
             qc, kc, vc = pick(q), pick(k), pick(v)
-            if len(rows) < n:
-                qc = qc[:, :, :, rows]
-            bias = table[idx[rows].reshape(-1)].reshape(len(rows), n, self.num_heads).transpose(2, 0, 1)
-            mask_c = None if mask is None else jnp.asarray(mask[wins][:, rows])  # [w, r, N]
+            r = rows.shape[1]
+            mask_c = None if mask is None else np.take_along_axis(mask[wins], rows[..., None], 1)  # [w, r, N]
+            if (rows == rows[0]).all():                                       # one row set: shared bias
+                rows = rows[0]
+                if r < n:
+                    qc = qc[:, :, :, rows]
+                bias = table[idx[rows].reshape(-1)].reshape(r, n, self.num_heads).transpose(2, 0, 1)
+            else:                                                             # per window: [w, H, r, N]
+                qc = jnp.take_along_axis(qc, rows[None, :, None, :, None], axis=3)
+                bias = table[idx[rows].reshape(-1)].reshape(len(wins), r, n, self.num_heads).transpose(0, 3, 1, 2)
+            mask_c = None if mask_c is None else jnp.asarray(mask_c)
             if self.attn_chunk and self.attn_chunk < len(wins):
                 out = _chunked_attention(qc, kc, vc, bias, mask_c, int(self.attn_chunk))
             else:
