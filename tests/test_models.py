@@ -101,7 +101,7 @@ def test_patch_matmul_is_the_strided_convolution():
 def test_chunked_attention_equals_unchunked():
     x = _x()
     # window 7 on the 16^3 stage 1: 27 padded windows in classes of 8, 12, 6 and 1 (query_classes;
-    # all but the first with a bias per window); chunks of 3 need padding in the classes of 8 and 1
+    # those of 12 and 6 with a bias per window); chunks of 3 need padding in the classes of 8 and 1
     full = SwinTransformer3D(**dict(TINY, window_size=7))
     chunked = SwinTransformer3D(**dict(TINY, window_size=7), attn_chunk=3)
     params = _params(full, x, seed=1)

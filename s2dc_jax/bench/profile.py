@@ -13,6 +13,9 @@ On the CPU, XLA runs independent ops at once (a convolution queued on the thread
 fusion runs): where k ops are in flight, each is charged 1/k of that time, so the parts add up to
 the time the step had any op running (:func:`wall_shares`). Missing from the table: the time
 between ops (the host's dispatch), the difference between that sum and the wall-clock step.
+Written and tested on XLA's CPU backend. On a GPU, matmuls and convolutions become library
+custom calls (cuBLAS, cuDNN), which :func:`own_flops` does not read yet, and one op can launch
+several kernels; neither has been checked on a device.
 Used by ``launch/benchmark.py pretrain --profile``.
 """
 from __future__ import annotations

@@ -122,8 +122,8 @@ def query_classes(size: tuple[int, int, int], window: tuple[int, int, int], shif
     their queries' outputs are thrown away, so the attention is computed for the kept rows only:
     at window 7 on a 16^3 map that is 4096-4913 of 9261 rows, on an 8^3 map 512 of 2744.
 
-    Windows with as many kept rows share one attention call (at most 4 per block, where a class
-    per row pattern would take up to 8: each call adds to the compile).
+    Windows with as many kept rows share one attention call: 4 calls per padded block on a cubic
+    map instead of 8 row patterns (each call adds to the compile); up to 8 on other maps.
 
     Returns ``(classes, out_index)``: ``classes``, a tuple of ``(windows int[w], rows int[w, r])``
     (flat window ids in `_partition`'s order, and each window's flat rows within it), every
