@@ -109,7 +109,7 @@ def test_grouped_encode_handles_pytrees_and_keeps_order():
 @pytest.mark.slow
 def test_memory_benchmark_sees_the_grouping(capsys, tmp_path):
     """Compiled, not run: one crop per group needs fewer temporaries than all crops at once."""
-    one = memory.analyse(tiny_config(**{"model.crop_group": 1, "model.use_v2": True}), 1)  # ct1k.py:tiny, grouped
+    one = memory.analyse(tiny_config(**{"model.crop_group": 1, "model.use_v2": True, "model.window_size": 7}), 1)  # ct1k.py:tiny, grouped
     spec = importlib.util.spec_from_file_location("benchmark", REPO / "launch" / "benchmark.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

@@ -15,11 +15,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_config(**overrides):
-    """The ':tiny' preset with the demo's plain Swin blocks: the v2 convolution blocks add a fifth to
-    every compile and half to every CPU step; they have their own parity tests (test_models_parity.py)
+    """The ':tiny' preset with the demo's plain Swin blocks and window 4: the v2 convolution blocks add a
+    fifth to every compile and half to every CPU step, window 7's padded windows (query_classes) a few
+    attention calls per block; both have their own parity tests (test_models_parity.py, test_models.py)
     and the command-line runs of configs/ct1k.py:tiny (test_train_runs.py) train with them."""
     c = config_lib.shrink(config_lib.pretrain_config())
     c.model.use_v2 = False
+    c.model.window_size = 4  # as the demo: whole windows on the 16^3 stage, no padded-row classes to compile
     for k, v in overrides.items():
         obj = c
         *path, last = k.split(".")
