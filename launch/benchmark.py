@@ -23,6 +23,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from s2dc_jax._cli import OneLineParser  # noqa: E402
 
 
 def _data(args) -> int:
@@ -155,7 +156,7 @@ SUBCOMMANDS = [add_data, add_pretrain, add_memory]
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
     for add in SUBCOMMANDS:
         add(sub)

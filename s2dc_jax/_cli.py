@@ -1,6 +1,7 @@
 """What every command-line entry point shares: config files by path or name, one line per mistake, quiet libraries."""
 from __future__ import annotations
 
+import argparse
 import ast
 import importlib.util
 import logging as pylogging
@@ -16,6 +17,13 @@ def fail(script: str, msg: str) -> None:
     """One line on stderr and exit status 2: the end of every user mistake."""
     print(f"{script}: error: {' '.join(str(msg).split())}", file=sys.stderr)
     sys.exit(2)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose mistakes end like the training commands': one line (the usage is --help's) and exit 2."""
+
+    def error(self, message):
+        fail(self.prog, f"{message} (see --help)")
 
 
 class _QuietLibraries(pylogging.Filter):
@@ -41,6 +49,46 @@ def parse_with_help(flag_values, argv):
         if e.code and any(a in ("--help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml") for a in argv[1:]):
             sys.exit(0)
         raise
+
+
+def default_cache_dir() -> str:
+    """``$JAX_COMPILATION_CACHE_DIR``, else ``$XDG_CACHE_HOME/s2dc_jax/xla`` (``~/.cache/s2dc_jax/xla``)."""
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return os.environ["JAX_COMPILATION_CACHE_DIR"]
+    return str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "s2dc_jax" / "xla")
+
+
+def use_compilation_cache(folder: str | None) -> str | None:
+    """Turn on JAX's persistent compilation cache in ``folder`` (None: :func:`default_cache_dir`; "": off).
+
+    A compiled program is saved there under a hash of the program, the JAX/XLA versions and
+    the devices, so a run of an already-compiled config (a resume, the run after
+    ``--dry_run``) loads its step instead of compiling it. Returns the folder in use, or None.
+    A folder given explicitly that cannot be written is a user error (PermissionError); the
+    default one is then just not used.
+    """
+    import jax
+
+    explicit = folder is not None
+    folder = default_cache_dir() if folder is None else folder
+    if not folder:
+        jax.config.update("jax_enable_compilation_cache", False)
+        return None
+    path = Path(folder).expanduser().absolute()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        if explicit:
+            raise PermissionError(f"--compilation_cache: cannot write to {path} ({e.strerror}); "
+                                  f"give another folder, or '' for no cache") from None
+        jax.config.update("jax_enable_compilation_cache", False)
+        return None
+    jax.config.update("jax_enable_compilation_cache", True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    return str(path)
 
 
 # Where config names are looked up: the checkout's configs/ (pip install -e .), else the copy

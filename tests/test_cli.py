@@ -33,6 +33,8 @@ def one_line_error(r, *needles):
     (["--config=mri6k:small"], ["unknown config variant 'small'"]),
     (["--config=mri6k", "--config.ssl.match=hungarian"], ["config.ssl.match"]),
     (["--config=mri6k", "--config.data.datalist=/nonexistent/list.json"], ["/nonexistent/list.json"]),
+    # the demo's held-out evaluation is checked after the list: the missing file is named, not val_datalist
+    (["--config=demo", "--config.data.datalist=/nonexistent/list.json"], ["/nonexistent/list.json", "not found"]),
 ])
 def test_pretrain_mistakes_are_one_line(tmp_path, args, needles):
     one_line_error(run("pretrain.py", *args, f"--workdir={tmp_path / 'w'}"), *needles)
@@ -42,6 +44,43 @@ def test_unwritable_workdir_and_missing_workdir_are_one_line(tmp_path):
     (tmp_path / "file").write_text("")
     one_line_error(run("pretrain.py", "--config=demo", f"--workdir={tmp_path / 'file' / 'run'}"), "cannot write there")
     one_line_error(run("pretrain.py", "--config=demo"), "--workdir is required")
+    one_line_error(run("pretrain.py", "--config=demo", f"--compilation_cache={tmp_path / 'file' / 'xla'}",
+                       f"--workdir={tmp_path / 'run'}"), "--compilation_cache", "cannot write")
+
+
+_CACHE_PROBE = """
+import sys
+import jax
+from s2dc_jax._cli import use_compilation_cache
+folder = use_compilation_cache(None if sys.argv[1] == "default" else sys.argv[1])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.jit(lambda x: x * 3 + 1)(jax.numpy.ones(7)).block_until_ready()
+print(folder)
+"""
+
+
+@pytest.mark.parametrize("flag,jax_env,expect", [
+    ("default", None, "xdg/s2dc_jax/xla"),   # $XDG_CACHE_HOME/s2dc_jax/xla
+    ("default", "env", "env"),               # JAX's own variable, where set, wins over the default
+    ("mine", "env", "mine"),                 # --compilation_cache=FOLDER wins over both
+    ("", "env", None),                       # --compilation_cache='' turns it off, even with the variable set
+])
+def test_compilation_cache_keeps_compiled_programs_where_it_says(tmp_path, flag, jax_env, expect):
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env.update(JAX_PLATFORMS="cpu", XDG_CACHE_HOME=str(tmp_path / "xdg"))
+    if jax_env:
+        env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path / jax_env)
+    arg = flag if flag in ("default", "") else str(tmp_path / flag)
+    r = subprocess.run([sys.executable, "-c", _CACHE_PROBE, arg], capture_output=True, text=True, env=env,
+                       timeout=120, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    expect = tmp_path / expect if expect else None
+    assert r.stdout.strip() == str(expect)
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    if expect is None:
+        assert not written, written
+    else:
+        assert written and all(expect in p.parents for p in written), written
 
 
 def test_configs_by_name_from_anywhere_and_print_config(tmp_path):

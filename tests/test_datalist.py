@@ -242,3 +242,8 @@ def test_cli_help_and_missing_args(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 2 and "nowhere: folder not found" in r.stderr
     assert "Traceback" not in r.stderr
+    for args, needle in ((["--root", str(tmp_path)], "give --out LIST.json"), (["--rooot", "x"], "--rooot")):
+        r = subprocess.run([sys.executable, os.path.join(REPO, "launch", "make_datalist.py"), *args],
+                           capture_output=True, text=True)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and needle in lines[0], r.stderr

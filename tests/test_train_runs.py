@@ -92,7 +92,10 @@ def test_preempt_kill9_and_resume_equal_uninterrupted(tmp_path):
 
     # The workdir holds what the README promises, and its export loads into MONAI SwinUNETR.
     run_dir = tmp_path / "straight"
-    assert (run_dir / "config.json").exists() and "step 6" in (run_dir / "log.txt").read_text()
+    log = (run_dir / "log.txt").read_text()
+    assert (run_dir / "config.json").exists() and "step 6" in log
+    # the tests' shared cache (conftest.py) is the one in use: JAX_COMPILATION_CACHE_DIR wins over the default
+    assert f"compiling the step, or loading it (XLA compilation cache {os.environ['JAX_COMPILATION_CACHE_DIR']})" in log
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     out = run_ok([sys.executable, str(REPO / "launch" / "export_torch.py"), f"--checkpoint={run_dir}",
                   f"--out={tmp_path / 'encoder.safetensors'}"])

@@ -28,6 +28,7 @@ import sys
 import time
 from concurrent.futures.process import BrokenProcessPool
 
+from s2dc_jax._cli import OneLineParser
 from s2dc_jax.data import checks, datalist, layouts
 from s2dc_jax.data.io import DataError
 
@@ -62,7 +63,7 @@ def _cache(out, cache_dir, absolute):
 
 def main(argv=None, prog=None) -> int:
     """The make_datalist command (launch/make_datalist.py, s2dc-datalist); returns the exit status."""
-    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = OneLineParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_argument_group("what to list")
     src.add_argument("--from", dest="layout", nargs=2, metavar=("LAYOUT", "DIR"),
                      help=f"a downloaded dataset: LAYOUT is one of {', '.join(layouts.LAYOUTS)}")

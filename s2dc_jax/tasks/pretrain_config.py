@@ -5,6 +5,8 @@ says differs per dataset; :func:`shrink` makes any preset small enough for a smo
 """
 from __future__ import annotations
 
+import os
+
 import ml_collections
 
 from s2dc_jax import data as data_lib
@@ -142,6 +144,9 @@ def validate(c: ml_collections.ConfigDict, device_count: int) -> None:
     need(c.optim.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {c.optim.warmup_steps}")
     need(c.optim.grad_clip >= 0, "optim.grad_clip", f"must be >= 0 (0 disables), got {c.optim.grad_clip}")
     need(c.data.phantoms >= 0, "data.phantoms", f"must be >= 0, got {c.data.phantoms}")
+    if c.data.datalist:  # before the held-out checks, which take the list as given
+        for path in (c.data.datalist,) if isinstance(c.data.datalist, str) else tuple(c.data.datalist):
+            need(os.path.isfile(path), "data.datalist", f"{path}: datalist not found")
     validate_eval_config(c, token_size=stride)
     try:
         objectives.validate_ssl_config(c.ssl)

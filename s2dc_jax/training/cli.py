@@ -16,7 +16,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from s2dc_jax._cli import fail, load_config, parse_with_help, quiet_libraries, resolve_config
+from s2dc_jax._cli import fail, load_config, parse_with_help, quiet_libraries, resolve_config, use_compilation_cache
 
 USER_ERRORS = (ValueError, FileNotFoundError, PermissionError)
 
@@ -100,7 +100,12 @@ def main(kind: str, script: str, example: str, expect_task: str | None = None, d
     flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for several hosts.")
     flags.DEFINE_integer("num_processes", None, "Number of processes (hosts), with --coordinator_address.")
     flags.DEFINE_integer("process_id", None, "This process's index, with --coordinator_address.")
-    for name in ("config", "workdir", "print_config", "dry_run", "coordinator_address", "num_processes", "process_id"):
+    flags.DEFINE_string("compilation_cache", None, "Folder of XLA's persistent compilation cache: a run of a config "
+                                                   "compiled before (a resume, the run after --dry_run) loads its "
+                                                   "step instead of compiling it. Default: $JAX_COMPILATION_CACHE_DIR, "
+                                                   "else ~/.cache/s2dc_jax/xla; '' turns it off.")
+    for name in ("config", "workdir", "print_config", "dry_run", "coordinator_address", "num_processes", "process_id",
+                 "compilation_cache"):
         flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])  # listed by --help
     if doc:
         sys.modules["__main__"].__doc__ = doc  # --help's text, also for the installed s2dc-* commands
@@ -121,6 +126,7 @@ def main(kind: str, script: str, example: str, expect_task: str | None = None, d
         from s2dc_jax.training import loop
 
         try:
+            use_compilation_cache(f.compilation_cache)
             task = _task(kind, config, explicit_fields(sys.argv))
             if f.print_config:
                 print(task.config)

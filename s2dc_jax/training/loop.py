@@ -105,6 +105,12 @@ def abstract_state(task: Task, mesh) -> dict:
     return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated(mesh)), shapes)
 
 
+def compilation_cache_note() -> str:
+    """Where compiled programs are kept between runs (_cli.use_compilation_cache), for the log."""
+    folder = jax.config.jax_compilation_cache_dir if jax.config.jax_enable_compilation_cache else None
+    return f"XLA compilation cache {folder}" if folder else "no XLA compilation cache"
+
+
 def create_state(task: Task, mesh) -> dict:
     """A fresh state, replicated over ``mesh``: shapes first, then one jit'd init with those output shardings."""
     shardings = jax.tree.map(lambda a: a.sharding, abstract_state(task, mesh))
@@ -197,6 +203,8 @@ def run(task: Task, workdir: str | os.PathLike) -> dict:
                       f"{jax.process_count()} processes, global batch {config.batch_size}, {total} steps")
         start = int(state["step"])
         ckpts.forget_best_after(start)
+        if start < total:
+            logs.line(f"compiling the step, or loading it ({compilation_cache_note()})")
         step_fn = compile_step(task, mesh)
         sharding = batch_sharding(mesh)
         on_cpu = mesh.devices.flat[0].platform == "cpu"
@@ -350,7 +358,7 @@ def dry_run(task: Task, workdir: str | os.PathLike, log=print) -> bool:
         batch = to_global(next(data_iter), batch_sharding(mesh))
         t0 = time.perf_counter()
         compiled = compile_step(task, mesh).lower(abstract_state(task, mesh), batch).compile()
-        log(f"step compiled in {time.perf_counter() - t0:.1f} s; {memory_line(compiled)}")
+        log(f"step compiled in {time.perf_counter() - t0:.1f} s ({compilation_cache_note()}); {memory_line(compiled)}")
         state = task.initialize(create_state(task, mesh), log)
         times = []
         for _ in range(2):  # the first call also moves the state in place
