@@ -6,6 +6,7 @@ import ast
 import importlib.util
 import logging as pylogging
 import os
+import site
 import sys
 from pathlib import Path
 
@@ -92,8 +93,10 @@ def use_compilation_cache(folder: str | None) -> str | None:
 
 
 # Where config names are looked up: the checkout's configs/ (pip install -e .), else the copy
-# that a wheel install puts under <prefix>/share/s2dc_jax/configs (pyproject's data-files).
-CONFIG_DIRS = (Path(__file__).resolve().parents[1] / "configs", Path(sys.prefix) / "share" / "s2dc_jax" / "configs")
+# that a wheel install puts under <prefix>/share/s2dc_jax/configs (pyproject's data-files):
+# the environment's prefix, or the user's base for `pip install --user`.
+CONFIG_DIRS = (Path(__file__).resolve().parents[1] / "configs", Path(sys.prefix) / "share" / "s2dc_jax" / "configs",
+               Path(site.getuserbase()) / "share" / "s2dc_jax" / "configs")
 
 
 def config_dir() -> Path:

@@ -149,6 +149,9 @@ def test_config_names_resolve_from_the_installed_copy(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="demo, mri6k, finetune/btcv"):
         _cli.resolve_config("ct1k")
     assert "share/s2dc_jax/configs" in (REPO / "pyproject.toml").read_text()
+    # pip install --user puts the data files under the user's base
+    import site
+    assert Path(site.getuserbase()) / "share" / "s2dc_jax" / "configs" in _cli.CONFIG_DIRS
 
 
 def test_export_mistakes_are_one_line(tmp_path):

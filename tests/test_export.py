@@ -100,3 +100,28 @@ def test_encoder_cannot_become_a_swinunetr(tmp_path):
         export(src, str(tmp_path / "o.safetensors"), what="swinunetr", parity=False, log=lambda s: None)
     with pytest.raises(ValueError, match="--step"):
         export(src, str(tmp_path / "o.safetensors"), step=3, parity=False, log=lambda s: None)
+
+
+def test_a_damaged_checkpoint_is_named_not_a_traceback(tmp_path):
+    """Garbage metadata or truncated array data: a ValueError naming the step folder (the commands print it as one line)."""
+    from s2dc_jax.interop.workdir import load_params
+    from s2dc_jax.training.checkpoint import Checkpoints
+
+    for damage in ("metadata", "data"):
+        work = tmp_path / damage
+        ck = Checkpoints(work, 1, "dice")
+        ck.save_best(1, {"w": np.arange(4096, dtype=np.float32).reshape(64, 64)}, {"dice": 0.5})
+        ck.close()
+        params, step = load_params(work / "best")
+        assert step == 1 and params["w"][1, 2] == 66
+        if damage == "metadata":
+            (work / "best" / "1" / "state" / "_METADATA").write_text("garbage")
+            want = "cannot read the saved state"
+        else:
+            files = [p for p in (work / "best" / "1" / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+            assert files
+            for p in files:
+                p.write_bytes(p.read_bytes()[:10])
+            want = "cannot read the saved"  # the arrays' metadata sits in the same files as their data
+        with pytest.raises(ValueError, match=f"best/1: {want}"):
+            load_params(work / "best")

@@ -173,3 +173,42 @@ def test_unwritable_workdir_is_a_one_line_error(tmp_path):
     blocker.write_text("")
     with pytest.raises(ValueError, match="--workdir .*cannot write there"):
         loop.run(ToyTask(toy_config()), blocker / "run")
+
+
+def test_a_damaged_latest_checkpoint_is_kept_aside_and_the_one_before_resumes(tmp_path):
+    """Truncated array files in the newest checkpoint: resume from the one before, move it to WORKDIR/damaged."""
+    from s2dc_jax.training.checkpoint import Checkpoints
+
+    def saved(steps):
+        it = iter(grain.MapDataset.range(8).to_iter_dataset())
+        ck = Checkpoints(tmp_path, 3, None)
+        for step in steps:
+            next(it)
+            ck.save(step, {"w": np.full((64, 64), step, np.float32)}, it)
+        ck.close()
+
+    def damage(step):
+        files = [p for p in (tmp_path / "checkpoints" / str(step) / "state").rglob("*") if p.parent.name == "d"]
+        assert files
+        for p in files:
+            p.write_bytes(p.read_bytes()[:10])
+
+    saved([1, 2])
+    damage(2)
+    logs = []
+    ck = Checkpoints(tmp_path, 3, None)
+    it = iter(grain.MapDataset.range(8).to_iter_dataset())
+    state, step = ck.restore_newest({"w": jax.ShapeDtypeStruct((64, 64), jnp.float32)}, it, logs.append)
+    assert step == 1 and float(state["w"][0, 0]) == 1.0
+    assert next(it) == 1  # the data position of step 1 (one element drawn)
+    assert len(logs) == 1 and "checkpoint 2 cannot be read" in logs[0] and "resuming from step 1" in logs[0]
+    assert (tmp_path / "damaged" / "2").is_dir() and ck.latest_step() == 1
+    ck.save(2, {"w": np.full((64, 64), 2.0, np.float32)}, it)  # the step can be saved again
+    ck.close()
+
+    damage(1)
+    damage(2)
+    with pytest.raises(ValueError, match=r"checkpoints/2: cannot read the checkpoint .*nor any older one"):
+        Checkpoints(tmp_path, 3, None).restore_newest({"w": jax.ShapeDtypeStruct((64, 64), jnp.float32)},
+                                                      iter(grain.MapDataset.range(8).to_iter_dataset()), print)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1", "2"]  # nothing moved

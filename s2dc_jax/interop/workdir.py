@@ -7,8 +7,11 @@ pretraining, the model's flax tree for fine-tuning.
 """
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
+import sys
 from pathlib import Path
 
 import jax
@@ -40,6 +43,43 @@ def resolve(path: str | os.PathLike, step: int | None = None) -> tuple[Path, int
     return root, step
 
 
+def short_error(e: BaseException) -> str:
+    """A failed Orbax read in one line: the innermost reason, without tensorstore's spec.
+
+    Also silences, for the rest of the process, what the failed read leaves behind: Orbax
+    reads all arrays at once, and the reads abandoned after the first failure would each end in
+    an asyncio "Task exception was never retrieved" log record, an "Exception ignored in
+    <coroutine>" message or an "Event loop is closed" traceback from tensorstore's threads
+    (hundreds of tracebacks for one damaged checkpoint).
+    """
+    _silence_abandoned_reads()
+    while e.__cause__ is not None and "See full TensorStore details" in str(e):
+        e = e.__cause__
+    text = " ".join(str(e).split()).split(" [tensorstore_spec=")[0]
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+class _AbandonedReads(logging.Filter):
+    def filter(self, record):
+        return "exception was never retrieved" not in record.getMessage()
+
+
+def _silence_abandoned_reads() -> None:
+    if getattr(sys.unraisablehook, "_s2dc_quiet", False):
+        return
+    logging.getLogger("asyncio").addFilter(_AbandonedReads())
+    previous = sys.unraisablehook
+
+    def hook(unraisable):  # an abandoned read's coroutine, or its callback into the closed event loop
+        closed_loop = isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(
+            unraisable.exc_value)
+        if not (asyncio.iscoroutine(unraisable.object) or closed_loop):
+            previous(unraisable)
+
+    hook._s2dc_quiet = True
+    sys.unraisablehook = hook
+
+
 def load_params(path: str | os.PathLike, step: int | None = None, item: str = "params") -> tuple[dict, int]:
     """The ``params`` (or another ``item`` of it, e.g. a pretraining ``teacher``; numpy) of a saved state, and its step.
 
@@ -51,13 +91,19 @@ def load_params(path: str | os.PathLike, step: int | None = None, item: str = "p
     # A read-only manager knows only the items it is told about; "data" stays unread.
     with ocp.CheckpointManager(root, item_handlers={STATE: ocp.PyTreeCheckpointHandler()},
                                options=ocp.CheckpointManagerOptions(read_only=True)) as mngr:
-        meta = mngr.item_metadata(step)[STATE]
+        try:
+            meta = mngr.item_metadata(step)[STATE]
+        except Exception as e:  # noqa: BLE001  orbax/tensorstore raise many kinds for a damaged folder
+            raise ValueError(f"{root / str(step)}: cannot read the saved state ({short_error(e)})") from None
         if item not in meta:
             raise ValueError(f"{root / str(step)}: the saved state has no {item} (it has {sorted(meta)})")
         target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), meta[item])
         restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
-        restored = mngr.restore(step, args=ocp.args.Composite(**{STATE: ocp.args.PyTreeRestore(
-            item={item: target}, restore_args={item: restore_args}, partial_restore=True)}))
+        try:
+            restored = mngr.restore(step, args=ocp.args.Composite(**{STATE: ocp.args.PyTreeRestore(
+                item={item: target}, restore_args={item: restore_args}, partial_restore=True)}))
+        except Exception as e:  # noqa: BLE001
+            raise ValueError(f"{root / str(step)}: cannot read the saved {item} ({short_error(e)})") from None
     return restored[STATE][item], step
 
 

@@ -7,12 +7,17 @@ main metric (fine-tuning). The layout is read back by `s2dc_jax.interop.workdir`
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import grain
+import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
-from s2dc_jax.interop.workdir import BEST_DIR, CHECKPOINT_DIR, STATE
+from s2dc_jax.interop.workdir import BEST_DIR, CHECKPOINT_DIR, STATE, short_error
+
+DAMAGED_DIR = "damaged"  # WORKDIR/damaged/<step>: checkpoints that could not be read, kept for the user
 
 
 class Checkpoints:
@@ -26,6 +31,7 @@ class Checkpoints:
             self.best = ocp.CheckpointManager(Path(workdir) / BEST_DIR, options=ocp.CheckpointManagerOptions(
                 max_to_keep=1, create=True, best_fn=lambda m: m[main_metric], best_mode="max"))
         self.main_metric = main_metric
+        self.workdir = Path(workdir)
 
     def latest_step(self) -> int | None:
         return self.latest.latest_step()
@@ -40,6 +46,35 @@ class Checkpoints:
         restored = self.latest.restore(step, args=ocp.args.Composite(**{
             STATE: ocp.args.StandardRestore(abstract), "data": grain.checkpoint.CheckpointRestore(data_iter)}))
         return restored[STATE]
+
+    def restore_newest(self, abstract: dict, data_iter, log) -> tuple[dict, int]:
+        """``(state, step)`` of the newest checkpoint that can be read, ``data_iter`` moved in place.
+
+        A newer one that cannot be read (a file truncated by a full disk or a copy cut short)
+        is moved to ``WORKDIR/damaged/<step>``, kept, and named in the log, and the run goes on
+        from the one before. If none can be read, nothing is moved: a ValueError names the newest.
+        """
+        failed = []
+        for step in sorted(self.latest.all_steps(), reverse=True):
+            try:
+                state = self.restore(step, abstract, data_iter)
+            except Exception as e:  # noqa: BLE001  Orbax/tensorstore raise many kinds for a damaged folder
+                failed.append((step, short_error(e)))
+                continue
+            if failed:
+                multihost_utils.sync_global_devices("damaged checkpoints found")
+                if jax.process_index() == 0:
+                    for bad, why in failed:
+                        dest = self.workdir / DAMAGED_DIR / str(bad)
+                        dest.parent.mkdir(parents=True, exist_ok=True)
+                        shutil.move(str(self.latest.directory / str(bad)), str(dest))
+                        log(f"checkpoint {bad} cannot be read ({why}); moved to {dest}; resuming from step {step}")
+                multihost_utils.sync_global_devices("damaged checkpoints moved")
+                self.latest.reload()
+            return state, step
+        newest, why = failed[0]
+        raise ValueError(f"{self.latest.directory / str(newest)}: cannot read the checkpoint ({why}), nor any older "
+                         f"one; move {self.latest.directory} away to start the run again")
 
     def save_best(self, step: int, params, metrics: dict) -> None:
         """Offer the params evaluated at ``step``; Orbax keeps them if their main metric is the best so far."""

@@ -193,9 +193,8 @@ def run(task: Task, workdir: str | os.PathLike) -> dict:
         total = task.total_steps
         data_iter = iter(task.dataset(jax.process_index(), jax.process_count()))
         ckpts = Checkpoints(workdir, config.keep_checkpoints, task.main_metric)
-        latest = ckpts.latest_step()
-        if latest is not None:
-            state = ckpts.restore(latest, abstract_state(task, mesh), data_iter)
+        if ckpts.latest_step() is not None:
+            state, latest = ckpts.restore_newest(abstract_state(task, mesh), data_iter, logs.line)
             logs.line(f"resumed from step {latest} in {workdir / 'checkpoints'}")
         else:
             state = task.initialize(create_state(task, mesh), logs.line)
