@@ -143,15 +143,14 @@ def test_config_names_resolve_from_the_installed_copy(tmp_path, monkeypatch):
     (shared / "finetune").mkdir(parents=True)
     for f in ("demo.py", "mri6k.py", "finetune/btcv.py"):
         (shared / f).write_text((REPO / "configs" / f).read_text())
+    import site  # pip install --user puts the data files under the user's base: looked up too
+    assert Path(site.getuserbase()) / "share" / "s2dc_jax" / "configs" in _cli.CONFIG_DIRS
     monkeypatch.setattr(_cli, "CONFIG_DIRS", (tmp_path / "no_checkout", shared))
     assert _cli.resolve_config("mri6k:tiny") == f"{shared / 'mri6k.py'}:tiny"
     assert _cli.resolve_config("btcv") == str(shared / "finetune" / "btcv.py")
     with pytest.raises(FileNotFoundError, match="demo, mri6k, finetune/btcv"):
         _cli.resolve_config("ct1k")
     assert "share/s2dc_jax/configs" in (REPO / "pyproject.toml").read_text()
-    # pip install --user puts the data files under the user's base
-    import site
-    assert Path(site.getuserbase()) / "share" / "s2dc_jax" / "configs" in _cli.CONFIG_DIRS
 
 
 def test_export_mistakes_are_one_line(tmp_path):
