@@ -117,6 +117,28 @@ def test_init_errors_name_the_field(tmp_path):
         task_config.validate(c, 2)
 
 
+def test_a_resume_does_not_read_the_init_weights_again(tmp_path):
+    """The pretraining run may have moved since the fine-tuning started: a resume takes the architecture from its own config.json."""
+    started = _seg_config()
+    started.model.window_size, started.model.num_heads = 4, (1, 1, 2, 2)  # what the weights gave at the start
+    work = tmp_path / "ft"
+    (work / "checkpoints" / "3" / "state").mkdir(parents=True)
+    (work / "config.json").write_text(started.to_json_best_effort(indent=2))
+
+    c = _seg_config()
+    c.init.checkpoint = str(tmp_path / "pretraining_run_moved_away")
+    task = FinetuneTask(c, workdir=work)
+    assert task.pretrained is None  # nothing to load: the loop restores the checkpoint
+    assert (task.config.model.window_size, tuple(task.config.model.num_heads)) == (4, (1, 1, 2, 2))
+    assert "resuming" in task.init_lines[0] and "init.checkpoint is not read again" in task.init_lines[0]
+    with pytest.raises(ValueError, match="model.window_size=7 but the weights have 4"):
+        FinetuneTask(c, explicit={"model.window_size"}, workdir=work)
+    # A new run (no checkpoints in its workdir) and a run without a workdir read the weights: here missing.
+    for workdir in (tmp_path / "new_run", None):
+        with pytest.raises(ValueError, match="init.checkpoint"):
+            FinetuneTask(c, workdir=workdir)
+
+
 @pytest.mark.slow  # one real pretraining step: a minute on a loaded 2-core CPU
 def test_init_checkpoint_from_pretrain_workdir(tmp_path):
     # A real workdir of the training loop (the demo's architecture, one step on 4 crops, no evaluation).

@@ -26,7 +26,7 @@ from s2dc_jax.tasks import classification, regression, segmentation
 from s2dc_jax.tasks import data as task_data
 from s2dc_jax.tasks import finetune_config
 from s2dc_jax.tasks.base import AXIS, Task, first_device, make_optimizer, mean_gradients
-from s2dc_jax.tasks.init import adopt_architecture, pretrained_params, read_pretrained
+from s2dc_jax.tasks.init import adopt_architecture, pretrained_params, read_pretrained, resumed_architecture
 
 KINDS = {"segmentation": segmentation, "classification": classification,
          "translation": regression, "reconstruction": regression}
@@ -35,16 +35,26 @@ KINDS = {"segmentation": segmentation, "classification": classification,
 class FinetuneTask(Task):
     """Supervised training of a SwinUNETR or a Swin classifier on a downstream datalist."""
 
-    def __init__(self, config, explicit=()):
-        """``explicit``: the config keys the user set (``model.window_size``, ...), checked against the weights."""
+    def __init__(self, config, explicit=(), workdir=None):
+        """``explicit``: the config keys the user set (``model.window_size``, ...), checked against the weights.
+
+        ``workdir``: the run folder; when it holds checkpoints (a resume) the architecture
+        comes from its config.json and the init weights are not read (the checkpoint has the
+        parameters).
+        """
         if config.task not in KINDS:
             raise ValueError(f"config.task: must be one of {tuple(KINDS)}, got {config.task!r}")
         if config.init.checkpoint and config.init.torch:
             raise ValueError("set at most one of init.checkpoint and init.torch")
         # Read before the model is built: the weights' architecture is the model's.
-        self.pretrained = read_pretrained(config)
+        resumed = resumed_architecture(workdir) if (config.init.checkpoint or config.init.torch) else None
+        self.pretrained = None if resumed else read_pretrained(config)
         self.init_lines = []
-        if self.pretrained is not None:
+        if resumed is not None:
+            config, _ = adopt_architecture(config, resumed, set(explicit))
+            self.init_lines = [f"init: resuming; init.{'checkpoint' if config.init.checkpoint else 'torch'} "
+                               f"is not read again (architecture from {workdir}/config.json)"]
+        elif self.pretrained is not None:
             config, self.init_lines = adopt_architecture(config, self.pretrained, set(explicit))
         super().__init__(config)
         self.kind = KINDS[config.task]

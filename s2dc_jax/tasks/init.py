@@ -23,7 +23,7 @@ import numpy as np
 from s2dc_jax.data.io import DataError
 from s2dc_jax.interop import MERGING_HINT, LoadReport, flatten_params, from_monai, merging_from_metadata
 from s2dc_jax.interop import read_checkpoint, unflatten_params
-from s2dc_jax.interop.workdir import encoder_params, load_params, run_config
+from s2dc_jax.interop.workdir import CHECKPOINT_DIR, STATE, encoder_params, load_params, run_config
 
 # config.model fields that must equal the pretrained encoder's (in_channels may differ: init.skip)
 ARCHITECTURE = ("feature_size", "depths", "num_heads", "window_size", "patch_size", "use_v2", "merging")
@@ -88,6 +88,26 @@ def read_pretrained(config) -> Pretrained | None:
         return Pretrained(tree, f"weights file {init.torch}", model, [] if recorded else [MERGING_HINT],
                           len(report.ignored) + len(ckpt.extras))
     return None
+
+
+def resumed_architecture(workdir) -> Pretrained | None:
+    """On a resume, the architecture the run was started with (``WORKDIR/config.json``), else None.
+
+    A fine-tuning run that resumes restores its parameters from its own checkpoints, so it
+    need not read ``init.checkpoint`` / ``init.torch`` again (which may have moved since); only
+    the architecture they gave the model is needed, and the run's config.json recorded it.
+    """
+    if workdir is None:
+        return None
+    workdir = Path(workdir)
+    steps = workdir / CHECKPOINT_DIR
+    if not (steps.is_dir() and any(p.name.isdigit() and (p / STATE).is_dir() for p in steps.iterdir())):
+        return None
+    model = ((run_config(workdir) or {}).get("model")) or {}
+    if not all(f in model for f in ARCHITECTURE):
+        return None  # a config.json older than these fields: read the weights as at the start
+    arch = {f: tuple(model[f]) if isinstance(model[f], list) else model[f] for f in ARCHITECTURE}
+    return Pretrained({}, f"the run's own {workdir / 'config.json'} (resuming)", arch)
 
 
 def adopt_architecture(config, pretrained: Pretrained, explicit=()) -> tuple[object, list[str]]:

@@ -21,12 +21,12 @@ from s2dc_jax._cli import fail, load_config, parse_with_help, quiet_libraries, r
 USER_ERRORS = (ValueError, FileNotFoundError, PermissionError)
 
 
-def _task(kind: str, config, explicit):
+def _task(kind: str, config, explicit, workdir=None):
     if kind == "pretrain":
         from s2dc_jax.tasks.pretrain import PretrainTask
         return PretrainTask(config)
     from s2dc_jax.tasks.finetune import FinetuneTask
-    return FinetuneTask(config, explicit=explicit)
+    return FinetuneTask(config, explicit=explicit, workdir=workdir)
 
 
 def explicit_fields(argv) -> set[str]:
@@ -127,7 +127,7 @@ def main(kind: str, script: str, example: str, expect_task: str | None = None, d
 
         try:
             use_compilation_cache(f.compilation_cache)
-            task = _task(kind, config, explicit_fields(sys.argv))
+            task = _task(kind, config, explicit_fields(sys.argv), f.workdir)
             if f.print_config:
                 print(task.config)
                 return
