@@ -31,7 +31,7 @@ def _resolve(value, base):
     return value
 
 
-def _as_paths(path_or_paths) -> list[str]:
+def datalist_paths(path_or_paths) -> list[str]:
     if isinstance(path_or_paths, (str, os.PathLike)):
         return [os.fspath(path_or_paths)]
     if isinstance(path_or_paths, (list, tuple)) and path_or_paths:
@@ -43,7 +43,7 @@ def _as_paths(path_or_paths) -> list[str]:
 def read_datalist(path_or_paths, root=None, split: str = "training") -> list[dict]:
     """Records of ``split`` from one or more datalist JSONs, with absolute file paths."""
     out = []
-    for path in _as_paths(path_or_paths):
+    for path in datalist_paths(path_or_paths):
         if not os.path.isfile(path):
             raise DataError(path, "datalist not found")
         try:
@@ -270,7 +270,7 @@ def check_datalist(path_or_paths, *, root=None, split: str | None = None, verify
     ``split`` None checks every split present (training, validation, test). ``verify``
     False reads headers only: the fast path for a pre-run check of a large list.
     """
-    paths = _as_paths(path_or_paths)
+    paths = datalist_paths(path_or_paths)
     docs = [_load_doc(p) for p in paths]
     wanted = [split] if split else [s for s in SPLITS
                                     if any(isinstance(d, dict) and d.get(s) for d in docs)]

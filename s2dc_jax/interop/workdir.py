@@ -43,7 +43,7 @@ def resolve(path: str | os.PathLike, step: int | None = None) -> tuple[Path, int
     return root, step
 
 
-def short_error(e: BaseException) -> str:
+def failed_read_reason(e: BaseException) -> str:
     """A failed Orbax read in one line: the innermost reason, without tensorstore's spec.
 
     Also silences, for the rest of the process, what the failed read leaves behind: Orbax
@@ -94,7 +94,7 @@ def load_params(path: str | os.PathLike, step: int | None = None, item: str = "p
         try:
             meta = mngr.item_metadata(step)[STATE]
         except Exception as e:  # noqa: BLE001  orbax/tensorstore raise many kinds for a damaged folder
-            raise ValueError(f"{root / str(step)}: cannot read the saved state ({short_error(e)})") from None
+            raise ValueError(f"{root / str(step)}: cannot read the saved state ({failed_read_reason(e)})") from None
         if item not in meta:
             raise ValueError(f"{root / str(step)}: the saved state has no {item} (it has {sorted(meta)})")
         target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), meta[item])
@@ -103,7 +103,7 @@ def load_params(path: str | os.PathLike, step: int | None = None, item: str = "p
             restored = mngr.restore(step, args=ocp.args.Composite(**{STATE: ocp.args.PyTreeRestore(
                 item={item: target}, restore_args={item: restore_args}, partial_restore=True)}))
         except Exception as e:  # noqa: BLE001
-            raise ValueError(f"{root / str(step)}: cannot read the saved {item} ({short_error(e)})") from None
+            raise ValueError(f"{root / str(step)}: cannot read the saved {item} ({failed_read_reason(e)})") from None
     return restored[STATE][item], step
 
 

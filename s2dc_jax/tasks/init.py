@@ -23,7 +23,7 @@ import numpy as np
 from s2dc_jax.data.io import DataError
 from s2dc_jax.interop import MERGING_HINT, LoadReport, flatten_params, from_monai, merging_from_metadata
 from s2dc_jax.interop import read_checkpoint, unflatten_params
-from s2dc_jax.interop.workdir import CHECKPOINT_DIR, STATE, encoder_params, load_params, run_config
+from s2dc_jax.interop.workdir import CHECKPOINT_DIR, encoder_params, load_params, resolve, run_config
 
 # config.model fields that must equal the pretrained encoder's (in_channels may differ: init.skip)
 ARCHITECTURE = ("feature_size", "depths", "num_heads", "window_size", "patch_size", "use_v2", "merging")
@@ -100,8 +100,9 @@ def resumed_architecture(workdir) -> Pretrained | None:
     if workdir is None:
         return None
     workdir = Path(workdir)
-    steps = workdir / CHECKPOINT_DIR
-    if not (steps.is_dir() and any(p.name.isdigit() and (p / STATE).is_dir() for p in steps.iterdir())):
+    try:
+        resolve(workdir / CHECKPOINT_DIR)
+    except FileNotFoundError:  # a new run
         return None
     model = ((run_config(workdir) or {}).get("model")) or {}
     if not all(f in model for f in ARCHITECTURE):

@@ -145,7 +145,7 @@ def validate(c: ml_collections.ConfigDict, device_count: int) -> None:
     need(c.optim.grad_clip >= 0, "optim.grad_clip", f"must be >= 0 (0 disables), got {c.optim.grad_clip}")
     need(c.data.phantoms >= 0, "data.phantoms", f"must be >= 0, got {c.data.phantoms}")
     if c.data.datalist:  # before the held-out checks, which take the list as given
-        for path in (c.data.datalist,) if isinstance(c.data.datalist, str) else tuple(c.data.datalist):
+        for path in data_lib.datalist_paths(c.data.datalist):
             need(os.path.isfile(path), "data.datalist", f"{path}: datalist not found")
     validate_eval_config(c, token_size=stride)
     try:

@@ -15,7 +15,7 @@ import jax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from s2dc_jax.interop.workdir import BEST_DIR, CHECKPOINT_DIR, STATE, short_error
+from s2dc_jax.interop.workdir import BEST_DIR, CHECKPOINT_DIR, STATE, failed_read_reason
 
 DAMAGED_DIR = "damaged"  # WORKDIR/damaged/<step>: checkpoints that could not be read, kept for the user
 
@@ -59,7 +59,7 @@ class Checkpoints:
             try:
                 state = self.restore(step, abstract, data_iter)
             except Exception as e:  # noqa: BLE001  Orbax/tensorstore raise many kinds for a damaged folder
-                failed.append((step, short_error(e)))
+                failed.append((step, failed_read_reason(e)))
                 continue
             if failed:
                 multihost_utils.sync_global_devices("damaged checkpoints found")
