@@ -31,6 +31,7 @@ def one_line_error(r, *needles):
     (["--config=mri6k", "--config.batch_size=abc"], ["--config.batch_size=abc"]),
     (["--config=configs/nope.py"], ["no config file", "mri6k"]),
     (["--config=mri6k:small"], ["unknown config variant 'small'"]),
+    (["--config=demo:short"], ["unknown config variant 'short'", "'long'"]),
     (["--config=mri6k", "--config.ssl.match=hungarian"], ["config.ssl.match"]),
     (["--config=mri6k", "--config.data.datalist=/nonexistent/list.json"], ["/nonexistent/list.json"]),
     # the demo's held-out evaluation is checked after the list: the missing file is named, not val_datalist
@@ -89,6 +90,8 @@ def test_configs_by_name_from_anywhere_and_print_config(tmp_path):
     assert "task: segmentation" in r.stdout and "lr: 0.01" in r.stdout
     r = run("pretrain.py", "--config=configs/ct1k.py:tiny", "--print_config", cwd=tmp_path)  # the repo's path form
     assert r.returncode == 0 and "feature_size: 12" in r.stdout, r.stderr[-2000:]
+    r = run("pretrain.py", "--config=demo:long", "--print_config", cwd=tmp_path)  # the longer demo (issue 14)
+    assert r.returncode == 0 and "total_steps: 1000" in r.stdout and "views_per_volume: 4" in r.stdout, r.stderr[-2000:]
 
 
 @pytest.mark.parametrize("script", ["pretrain.py", "finetune.py", "finetune_segmentation.py", "export_torch.py"])
