@@ -10,9 +10,10 @@ the last 10. Six more phantoms are held out: at steps 0, 50, 100 and 150 log.txt
 TensorBoard and the progress bar give their correspondence ("eval step N {...}":
 val/corr_last, _finer, _head) next to a random-init encoder (val/random_corr_*) and raw
 intensities (val/raw_corr_*), computed once, and a linear probe. Measured at step 150: last
-stage 0.46 vs random 0.16 vs raw 0.43; one stage finer 0.19 vs 0.16 vs 0.23; patch head
-0.46 vs 0.17; probe Dice 0.22 vs 0.15 (the evaluation adds about 25 s in all; the sweep
-behind the settings: docs/evaluation.md). Then:
+stage 0.41 vs random 0.22 (8 inits) vs raw 0.43; one stage finer 0.18 vs 0.16 vs 0.23; patch
+head 0.46 vs 0.18; probe Dice 0.17 vs 0.20 (the evaluation adds about 25 s in all; the sweep
+behind the settings: docs/evaluation.md). 150 steps leave the last stage at the raw baseline;
+``configs/demo.py:long`` (1000 steps, about 10.5 minutes) takes it above. Then:
 
     python launch/export_torch.py --checkpoint=runs/demo --out=runs/demo/encoder.safetensors
     python launch/visualize.py --checkpoint=runs/demo --datalist=runs/demo/phantoms/datalist.json --out=runs/demo/viz
