@@ -67,7 +67,7 @@ def get_config(arg=None):
 
 
 def _long(c):
-    """``configs/demo.py:long``: the same model trained 1000 steps on 32 phantoms (about 12 minutes).
+    """``configs/demo.py:long``: the same model trained 1000 steps on 32 phantoms (about 10.5 minutes on 2 cores).
 
     150 steps leave the last stage at the raw-intensity baseline; by 1000 it is above it
     (docs/evaluation.md, "Longer pretraining"). The held-out evaluation uses 16 phantoms x 4
